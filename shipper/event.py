@@ -1,0 +1,178 @@
+"""The event and the batch: what flows from sources through the buffer to every sink.
+
+Events travel in batches that share one container's metadata, so enrichment costs one reference per event,
+and the spool, the sinks and replay all see the same shape. Field names follow the Elastic Common Schema
+where it has one (`container.name`, `host.name`, `event.id`, `log.flags`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import IntFlag
+from typing import Any
+
+import orjson
+
+
+class Flag(IntFlag):
+    """What happened to an event on its way in; shipped as `log.flags`."""
+
+    PARTIAL = 1  # joined from Docker's 16 KiB partial entries
+    MULTILINE = 2  # several lines merged (stack trace)
+    TRUNCATED = 4  # cut at max_event_bytes
+    INCOMPLETE = 8  # a partial entry left dangling at container exit, flushed as is
+
+
+FLAG_NAMES = {Flag.PARTIAL: "partial", Flag.MULTILINE: "multiline", Flag.TRUNCATED: "truncated",
+              Flag.INCOMPLETE: "incomplete"}
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerMeta:
+    """What enrichment attaches to every event of one container; shared by all of its events."""
+
+    id: str
+    name: str
+    image: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    host: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # only variables an allowlist names
+
+    @property
+    def compose_project(self) -> str | None:
+        return self.labels.get(COMPOSE_PROJECT)
+
+    @property
+    def compose_service(self) -> str | None:
+        return self.labels.get(COMPOSE_SERVICE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "image": self.image, "labels": self.labels,
+                "host": self.host, "env": self.env}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ContainerMeta:
+        return cls(id=d["id"], name=d["name"], image=d.get("image", ""), labels=d.get("labels") or {},
+                   host=d.get("host", ""), env=d.get("env") or {})
+
+    def ecs(self) -> dict[str, Any]:
+        """The ECS fields this container adds to each of its events."""
+        doc: dict[str, Any] = {
+            "container": {"id": self.id, "name": self.name, "image": {"name": self.image},
+                          "labels": self.labels},
+            "host": {"name": self.host},
+        }
+        if self.compose_project or self.compose_service:
+            doc["docker"] = {"compose": {"project": self.compose_project, "service": self.compose_service}}
+        if self.env:
+            doc["container"]["env"] = self.env
+        return doc
+
+
+@dataclass(slots=True)
+class Event:
+    """One log event as the application wrote it.
+
+    `timestamp` is Docker's RFC 3339 string, kept as written so nanoseconds survive. `seq` tells apart
+    events of one container and stream that carry the same timestamp, so `event_id` stays unique.
+    """
+
+    timestamp: str
+    message: str
+    stream: str = "stdout"
+    fields: dict[str, Any] | None = None  # a JSON application log, parsed
+    flags: int = 0
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """Where a reader may resume once the batch that carries it is safe (durable or delivered).
+
+    `position` is a byte offset for json-file readers and a timestamp for API readers; `file_id` tells
+    which file the offset belongs to (device and inode), so rotation cannot confuse it.
+    """
+
+    container_id: str
+    position: int | str
+    file_id: str = ""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Events of one container, in order, with the checkpoint reached after them."""
+
+    container: ContainerMeta
+    events: list[Event]
+    checkpoint: Checkpoint | None = None
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+def event_id(container_id: str, ev: Event) -> str:
+    """A stable id from the container and the event's position in its log: a re-read gives the same id."""
+    key = f"{container_id}|{ev.stream}|{ev.timestamp}|{ev.seq}".encode()
+    return hashlib.blake2b(key, digest_size=12).hexdigest()
+
+
+def flag_names(flags: int) -> list[str]:
+    return [name for bit, name in FLAG_NAMES.items() if flags & bit]
+
+
+def to_ecs(meta: ContainerMeta, ev: Event) -> dict[str, Any]:
+    """The whole event as an ECS document (what JSON sinks write)."""
+    doc: dict[str, Any] = {"@timestamp": ev.timestamp, "message": ev.message, "stream": ev.stream,
+                           "event": {"id": event_id(meta.id, ev)}}
+    doc.update(meta.ecs())
+    if ev.fields is not None:
+        doc["json"] = ev.fields
+    if ev.flags:
+        doc["log"] = {"flags": flag_names(ev.flags)}
+    return doc
+
+
+class JsonLinesEncoder:
+    """Encodes events as ECS JSON lines, reusing each container's metadata fragment across events."""
+
+    def __init__(self) -> None:
+        self._meta_key: ContainerMeta | None = None
+        self._meta_bytes = b""
+
+    def _fragment(self, meta: ContainerMeta) -> bytes:
+        if meta is not self._meta_key:
+            self._meta_key = meta
+            self._meta_bytes = orjson.dumps(meta.ecs())[1:-1]  # without the braces
+        return self._meta_bytes
+
+    def encode_batch(self, batch: Batch) -> bytes:
+        meta = batch.container
+        frag = self._fragment(meta)
+        dumps = orjson.dumps
+        cid = meta.id
+        out = []
+        for ev in batch.events:
+            head = {"@timestamp": ev.timestamp, "message": ev.message, "stream": ev.stream,
+                    "event": {"id": event_id(cid, ev)}}
+            if ev.fields is not None:
+                head["json"] = ev.fields
+            if ev.flags:
+                head["log"] = {"flags": flag_names(ev.flags)}
+            out.append(dumps(head)[:-1] + b"," + frag + b"}\n")
+        return b"".join(out)
+
+
+def encode_record(batch: Batch) -> bytes:
+    """Serialise a batch for the spool (metadata once, then compact event rows)."""
+    rows = [[ev.timestamp, ev.stream, ev.message, ev.fields, ev.flags, ev.seq] for ev in batch.events]
+    return orjson.dumps([batch.container.to_dict(), rows])
+
+
+def decode_record(payload: bytes) -> Batch:
+    """Inverse of `encode_record`; the checkpoint is not stored (it belongs to the live reader)."""
+    meta_d, rows = orjson.loads(payload)
+    meta = ContainerMeta.from_dict(meta_d)
+    return Batch(meta, [Event(r[0], r[2], r[1], r[3], r[4], r[5]) for r in rows])

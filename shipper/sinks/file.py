@@ -1,0 +1,78 @@
+"""ECS JSON lines in a local file, one event a line, rotated by size (path, path.1, ... path.N)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from shipper.config import ConfigError, SinkBase, doc
+from shipper.errors import RetryableSinkError
+from shipper.event import Batch, JsonLinesEncoder
+from shipper.sinks.base import Sink, SinkContext
+
+
+@dataclass(frozen=True)
+class FileConfig(SinkBase):
+    path: str = doc("", "the file to write (default: <state dir>/events.jsonl)")
+    max_bytes: int = doc(100 * 1024 * 1024, "rotate when the file would grow past this (0: never)")
+    max_files: int = doc(5, "rotated files kept beside the live one")
+    fsync: bool = doc(False, "fsync after every batch")
+
+    def validate(self, key: str) -> None:
+        if self.max_bytes < 0:
+            raise ConfigError(f"{key}.max_bytes", "must not be negative")
+
+
+class FileSink(Sink):
+    Config = FileConfig
+    config: FileConfig
+
+    def __init__(self, config: FileConfig, context: SinkContext) -> None:
+        super().__init__(config, context)
+        self.path = config.path or str(context.state_dir / "events.jsonl")
+        self.encoder = JsonLinesEncoder()
+        self._fd = -1
+        self._size = 0
+
+    async def start(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RetryableSinkError(f"cannot open {self.path}: {e}") from e
+        self._size = os.fstat(self._fd).st_size
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        if self.config.max_files > 0:
+            for k in range(self.config.max_files - 1, 0, -1):
+                src = f"{self.path}.{k}"
+                if os.path.exists(src):
+                    os.replace(src, f"{self.path}.{k + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        else:
+            os.unlink(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = 0
+
+    async def send(self, batch: Batch) -> None:
+        data = self.encoder.encode_batch(batch)
+        try:
+            if self._fd < 0:
+                await self.start()
+            if self.config.max_bytes and self._size and self._size + len(data) > self.config.max_bytes:
+                self._rotate()
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            self._size += len(data)
+            if self.config.fsync:
+                os.fsync(self._fd)
+        except OSError as e:
+            raise RetryableSinkError(f"cannot write {self.path}: {e}") from e
+
+    async def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

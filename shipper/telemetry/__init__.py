@@ -1,0 +1,1 @@
+"""shipper's own metrics and logs."""

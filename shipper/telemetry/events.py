@@ -1,0 +1,67 @@
+"""One function per thing worth recording: each logs (key=value, once per reason where it could flood)
+and updates its metric together, so no drop or failure is counted without being explained, or the reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shipper.telemetry.metrics import Metrics
+
+log = logging.getLogger("shipper")
+_said: set[tuple[str, ...]] = set()
+
+
+def _once(*key: str) -> bool:
+    """True the first time `key` is seen: a flood of one failure gives one log line and a counter."""
+    if key in _said:
+        return False
+    if len(_said) > 10_000:
+        _said.clear()
+    _said.add(key)
+    return True
+
+
+def line_invalid(m: Metrics, container: str, reason: str, sample: bytes | str = b"", n: int = 1) -> None:
+    m.inc("shipper_lines_invalid_total", n, container=container, reason=reason)
+    if _once("invalid", container, reason):
+        log.warning("skipped log entry container=%s reason=%s sample=%r (counted in "
+                    "shipper_lines_invalid_total; logged once per container and reason)",
+                    container, reason, sample[:120])
+
+
+def event_truncated(m: Metrics, container: str, where: str, size: int, limit: int) -> None:
+    m.inc("shipper_events_truncated_total", container=container, where=where)
+    if _once("truncated", container, where):
+        log.warning("truncated event container=%s where=%s size=%d limit=%d (flagged 'truncated'; "
+                    "logged once per container)", container, where, size, limit)
+
+
+def log_gap(m: Metrics, container: str, reason: str, lost_bytes: int) -> None:
+    m.inc("shipper_log_gap_total", container=container, reason=reason)
+    if lost_bytes > 0:
+        m.inc("shipper_log_gap_bytes_total", lost_bytes, container=container, reason=reason)
+    log.error("log data lost before it was read container=%s reason=%s lost_bytes=%s",
+              container, reason, lost_bytes if lost_bytes >= 0 else "unknown")
+
+
+def events_dropped(m: Metrics, reason: str, n: int, where: str = "") -> None:
+    m.inc("shipper_events_dropped_total", n, reason=reason, where=where)
+    if _once("dropped", reason, where):
+        log.error("dropped events count=%d reason=%s where=%s (counted in shipper_events_dropped_total; "
+                  "logged once per reason)", n, reason, where)
+
+
+def sink_retry(m: Metrics, sink: str, error: BaseException, attempt: int, delay: float) -> None:
+    m.inc("shipper_sink_retries_total", sink=sink)
+    level = logging.WARNING if attempt <= 1 or attempt % 10 == 0 else logging.DEBUG
+    log.log(level, "sink send failed, will retry sink=%s attempt=%d retry_in=%.2fs error=%r",
+            sink, attempt, delay, error)
+
+
+def sink_state(m: Metrics, sink: str, state: str) -> None:
+    code = {"up": 0, "retrying": 1, "failing": 2}[state]
+    if m.get("shipper_sink_state", sink=sink) != code or state == "up":
+        if state != "up" or m.get("shipper_sink_state", sink=sink):
+            log.info("sink state changed sink=%s state=%s", sink, state)
+    m.set("shipper_sink_state", code, sink=sink)

@@ -1,0 +1,1 @@
+"""Rebuilding what the application wrote: partial join, multi-line merge, JSON detection, selection."""

@@ -1,0 +1,1 @@
+"""Rebuilds what the application wrote from Docker's log entries (stub: interface only)."""

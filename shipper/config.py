@@ -340,7 +340,7 @@ class SinkBase:
     type: str = doc("", "the sink kind: file, stdout, null, syslog, ...")
     retry_initial_secs: float = doc(0.5, "first wait after a failed send")
     retry_max_secs: float = doc(30.0, "longest wait between retries")
-    healthcheck: bool = doc(True, "check the sink at start (a failed check is logged, not fatal)")
+    healthcheck: bool = doc(True, "check the destination at start; a failed check is logged and retried")
 
 
 @dataclass(frozen=True)
@@ -421,3 +421,24 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
             default = default.value
         rows.append((prefix + f.name, repr(default), f.metadata.get("doc", "")))
     return rows
+
+
+def explain() -> str:
+    """Every key of every section and sink type, with its default and meaning."""
+    from shipper.sinks import SINKS, sink_config_class
+
+    out = []
+    for f in dataclasses.fields(Config):
+        if f.name == "sinks":
+            continue
+        out.append(f"[{f.name}]  # {f.metadata.get('doc', '')}")
+        out += [f"  {k} = {d}  # {t}" for k, d, t in describe(typing.get_type_hints(Config)[f.name])]
+    for kind in SINKS:
+        try:
+            cls = sink_config_class(kind)
+        except ConfigError as e:
+            out.append(f"[sinks.NAME] type = {kind!r}  # unavailable: {e.message}")
+            continue
+        out.append(f"[sinks.NAME] type = {kind!r}")
+        out += [f"  {k} = {d}  # {t}" for k, d, t in describe(cls) if k != "type"]
+    return "\n".join(out)

@@ -12,11 +12,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shipper.config import Config
 from shipper.docker.metadata import ContainerInfo
 from shipper.event import Batch, Checkpoint, ContainerMeta
 from shipper.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from shipper.docker.client import DockerClient
 
 Emit = Callable[[Batch], Awaitable[None]]
 
@@ -26,6 +30,7 @@ class SourceContext:
     config: Config
     metrics: Metrics
     emit: Emit
+    docker: DockerClient | None = None  # the Engine API, for ApiSource; None with discovery = "files"
 
 
 class LogSource(ABC):

@@ -1,0 +1,276 @@
+"""Wires the pipeline and owns its lifecycle: docker -> sources -> buffer -> sinks.
+
+One TaskGroup supervises everything: a task per sink runner, one for discovery, one per container reader,
+one that saves offsets. Readers push batches into the bounded buffer (a full buffer slows reading, never
+grows memory); each sink runner reads its own cursor. Shutdown (SIGTERM/SIGINT) stops discovery and the
+readers, lets the sinks drain the buffer until a deadline, then saves offsets: whatever was not delivered
+by then is re-read (memory buffer) or still in the spool (disk buffer) at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipper.buffer.base import Buffer
+from shipper.buffer.memory import MemoryBuffer
+from shipper.config import BufferType, Config, Discovery, ReadMode
+from shipper.docker.metadata import ContainerInfo
+from shipper.event import Checkpoint
+from shipper.sinks import sink_class
+from shipper.sinks.base import SinkContext
+from shipper.sinks.runner import SinkRunner
+from shipper.sources.base import LogSource, SourceContext
+from shipper.sources.offsets import OffsetStore
+from shipper.telemetry.metrics import Metrics
+from shipper.transforms.select import Selector
+
+log = logging.getLogger("shipper")
+SHUTDOWN_DRAIN_SECS = 10.0
+FORGET_REMOVED_AFTER_SECS = 300.0  # offsets of removed containers are kept this long, then pruned
+
+
+@dataclass
+class Reader:
+    source: LogSource
+    task: asyncio.Task[None]
+    kind: str
+
+
+@dataclass
+class App:
+    config: Config
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self.state_dir = self.config.state.path
+        self.offsets = OffsetStore(self.state_dir)
+        self.buffer: Buffer | None = None
+        self.runners: dict[str, SinkRunner] = {}
+        self.readers: dict[str, Reader] = {}
+        self.removed_at: dict[str, float] = {}
+        self.selector = Selector(self.config.select)
+        self.docker: Any = None
+        self._stop = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self.started = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("stopping: draining buffered events, then saving offsets")
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until request_stop(); then shut down in order."""
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.offsets.load()
+        self.buffer = await self._open_buffer()
+        self._make_runners()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
+                sink_tasks = [tg.create_task(r.run(), name=f"sink:{n}") for n, r in self.runners.items()]
+                background = [tg.create_task(self._discover(), name="discovery"),
+                              tg.create_task(self._save_offsets_periodically(), name="offsets")]
+                if self.config.telemetry.stats_interval_secs > 0:
+                    background.append(tg.create_task(self._log_stats(), name="stats"))
+                self.started.set()
+                await self._stop.wait()
+                for t in background:
+                    t.cancel()
+                await self._stop_readers()
+                await self._drain(SHUTDOWN_DRAIN_SECS)
+                for t in sink_tasks:
+                    t.cancel()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            await self._close()
+
+    async def _open_buffer(self) -> Buffer:
+        bc = self.config.buffer
+        if bc.type is BufferType.DISK:
+            from shipper.buffer.spool import DiskSpool
+
+            spool = DiskSpool(self.state_dir / "spool", bc, self.metrics, self._safe)
+            await spool.open()
+            return spool
+        return MemoryBuffer(self._safe, self.metrics, bc.max_events, bc.max_bytes, bc.when_full)
+
+    def _safe(self, cp: Checkpoint) -> None:
+        self.offsets.commit(cp)
+
+    def _make_runners(self) -> None:
+        assert self.buffer is not None
+        host = self.config.host.resolved_name
+        for name, sc in self.config.sinks.items():
+            sink = sink_class(sc.type)(sc, SinkContext(name, self.state_dir, host, self.metrics))
+            self.runners[name] = SinkRunner(name, sink, self.buffer.cursor(name), self.metrics)
+
+    async def _stop_readers(self) -> None:
+        readers = list(self.readers.values())
+        for r in readers:
+            r.task.cancel()
+        for r in readers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await r.task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_DRAIN_SECS):
+                for r in readers:
+                    await r.source.close()
+        self.readers.clear()
+
+    async def _drain(self, deadline_secs: float) -> None:
+        """Give the sinks until the deadline to deliver what is buffered."""
+        end = time.monotonic() + deadline_secs
+        while time.monotonic() < end:
+            pending = {n: r.cursor.pending() for n, r in self.runners.items()}
+            if not any(pending.values()):
+                return
+            await asyncio.sleep(0.05)
+        log.warning("shutdown deadline reached with events undelivered pending=%s (they are re-read or kept "
+                    "in the spool at the next start)", pending)
+
+    async def _close(self) -> None:
+        for name, r in self.runners.items():
+            try:
+                await r.sink.close()
+            except Exception as e:  # noqa: BLE001 - closing must go on for the others
+                log.warning("sink close failed sink=%s error=%r", name, e)
+        if self.buffer is not None:
+            await self.buffer.close()
+        if self.docker is not None:
+            await self.docker.close()
+        self.offsets.flush()
+        log.info("stopped; offsets saved in %s", self.state_dir)
+
+    # --- discovery and readers ---------------------------------------------------------------------------
+
+    def _discovery(self) -> Any:
+        cfg = self.config
+        if cfg.docker.discovery is Discovery.FILES:
+            from shipper.docker.discovery import FileDiscovery
+
+            return FileDiscovery(cfg, self.metrics)
+        from shipper.docker.client import DockerClient
+        from shipper.docker.discovery import ApiDiscovery
+
+        self.docker = DockerClient.from_config(cfg.docker)
+        return ApiDiscovery(self.docker, cfg, self.metrics)
+
+    async def _discover(self) -> None:
+        discovery = self._discovery()
+        async for change in discovery:
+            try:
+                self._apply(change)
+            except Exception:  # a container we cannot handle must not stop discovery of the others
+                log.exception("could not handle container change kind=%s id=%s", change.kind, change.id[:12])
+
+    def _apply(self, change: Any) -> None:
+        reader = self.readers.get(change.id)
+        if change.kind == "start":
+            if reader is None or reader.task.done():
+                self._start_reader(change.info)
+            elif change.info is not None:
+                reader.source.renamed(change.info.meta)
+        elif reader is None:
+            return
+        elif change.kind in ("rename", "update") and change.info is not None:
+            reader.source.renamed(change.info.meta)
+        elif change.kind == "stop":
+            reader.source.stopped()
+        elif change.kind == "remove":
+            reader.source.removed()
+            self.removed_at[change.id] = time.monotonic()
+
+    def _start_reader(self, info: ContainerInfo) -> None:
+        meta = info.meta
+        ok, reason = self.selector.decide(meta)
+        if not ok:
+            log.debug("not shipping container name=%s id=%s reason=%s", meta.name, meta.id[:12], reason)
+            return
+        source = self._make_source(info)
+        if source is None:
+            return
+        assert self._tasks is not None
+        task = self._tasks.create_task(self._read(source), name=f"reader:{meta.name}")
+        self.readers[meta.id] = Reader(source, task, type(source).__name__)
+        self.removed_at.pop(meta.id, None)
+        self.metrics.set("shipper_containers", len(self.readers))
+        log.info("reading container name=%s id=%s image=%s via=%s", meta.name, meta.id[:12], meta.image,
+                 type(source).__name__)
+
+    def _make_source(self, info: ContainerInfo) -> LogSource | None:
+        mode = self.config.docker.read
+        assert self.buffer is not None
+        ctx = SourceContext(self.config, self.metrics, self.buffer.push, self.docker)
+        resume = self.offsets.get(info.meta.id)
+        files_ok = info.log_driver == "json-file" and bool(info.log_path) and (
+            os.access(info.log_path, os.R_OK) or os.access(os.path.dirname(info.log_path), os.R_OK))
+        if mode is ReadMode.FILES or (mode is ReadMode.AUTO and files_ok):
+            from shipper.sources.jsonfile import JsonFileSource
+
+            return JsonFileSource(info, ctx, resume)
+        if self.docker is None:
+            log.warning("cannot read container name=%s: its log is not a readable json-file (driver=%s) and "
+                        "discovery='files' has no Engine API to stream it from", info.meta.name, info.log_driver)
+            return None
+        from shipper.sources.api import ApiSource
+
+        return ApiSource(info, ctx, resume)
+
+    async def _read(self, source: LogSource) -> None:
+        cid = source.meta.id
+        try:
+            await source.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one broken reader must not take the daemon down
+            log.exception("reader failed container=%s; it restarts when the container is seen again",
+                          source.meta.name)
+        finally:
+            current = self.readers.get(cid)
+            if current is not None and current.source is source:
+                del self.readers[cid]
+                self.metrics.set("shipper_containers", len(self.readers))
+
+    # --- housekeeping ------------------------------------------------------------------------------------
+
+    async def _save_offsets_periodically(self) -> None:
+        interval = self.config.state.flush_interval_secs
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for cid, at in list(self.removed_at.items()):
+                if now - at > FORGET_REMOVED_AFTER_SECS and cid not in self.readers:
+                    self.offsets.forget(cid)
+                    del self.removed_at[cid]
+            self.offsets.flush()
+
+    async def _log_stats(self) -> None:
+        m = self.metrics
+        while True:
+            await asyncio.sleep(self.config.telemetry.stats_interval_secs)
+            log.info("stats containers=%d events_read=%d events_sent=%d dropped=%d invalid=%d buffered=%d",
+                     len(self.readers), m.get("shipper_events_read_total"), m.get("shipper_events_sent_total"),
+                     m.get("shipper_events_dropped_total"), m.get("shipper_lines_invalid_total"),
+                     m.get("shipper_buffer_events"))
+
+    def status(self) -> dict[str, Any]:
+        return {"containers": {cid[:12]: {"name": r.source.meta.name, "reader": r.kind}
+                               for cid, r in self.readers.items()},
+                "sinks": {n: r.status() for n, r in self.runners.items()},
+                "buffer": self.buffer.stats() if self.buffer else {}}

@@ -1,0 +1,107 @@
+"""The `shipper` command: run, check, replay, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from shipper import __version__
+from shipper.config import Config, load
+from shipper.errors import ConfigError
+
+log = logging.getLogger("shipper")
+
+
+def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        import orjson
+
+        class JsonFormatter(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return orjson.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
+                                     "logger": record.name, "message": record.getMessage()}).decode()
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run on uvloop when it is installed (faster I/O), else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _load_or_exit(path: str | None) -> Config:
+    try:
+        return load(path)
+    except ConfigError as e:
+        print(f"shipper: config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load_or_exit(args.config)
+    setup_logging(args.log_level or cfg.telemetry.log_level, cfg.telemetry.log_format)
+    from shipper.app import App
+
+    app = App(cfg)
+    for name, sc in cfg.sinks.items():
+        where = getattr(app, "state_dir", "")
+        if sc.type == "file":
+            where = getattr(sc, "path", "") or f"{app.state_dir}/events.jsonl"
+        log.info("sink %s type=%s %s", name, sc.type, f"writing to {where}" if sc.type == "file" else "")
+    log.info("shipper %s starting: docker=%s discovery=%s read=%s state=%s buffer=%s", __version__,
+             cfg.docker.resolved_host() if cfg.docker.discovery.value == "api" else cfg.docker.data_root,
+             cfg.docker.discovery.value, cfg.docker.read.value, app.state_dir, cfg.buffer.type.value)
+    run_async(app.run())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if args.explain:
+        from shipper.config import explain
+
+        print(explain())
+        return 0
+    cfg = _load_or_exit(args.config)
+    sinks = ", ".join(f"{n} ({s.type})" for n, s in cfg.sinks.items())
+    print(f"config ok: {args.config or '(built-in default)'}; sinks: {sinks}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shipper", description="Ships Docker container logs; loses nothing.")
+    p.add_argument("--version", action="version", version=f"shipper {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the daemon in the foreground")
+    r.add_argument("--config", "-c", help="TOML config file (default: local Docker to a local JSON-lines file)")
+    r.add_argument("--log-level", help="override telemetry.log_level")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check", help="validate a config file; exit 2 naming the bad key")
+    c.add_argument("--config", "-c", help="TOML config file")
+    c.add_argument("--explain", action="store_true", help="list every config key with its default and meaning")
+    c.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -74,9 +74,9 @@ def _log_path(driver: str, log_path: str, data_root: str, container_id: str) -> 
     return default_log_path(data_root, container_id) if driver == JSON_FILE else ""
 
 
-def _from_parts(cid: str, name: str, config: dict[str, Any], state: dict[str, Any], host_config: dict[str, Any],
-                log_path: str, created: str, image_fallback: str, host: str, env_allowlist: list[str],
-                data_root: str) -> ContainerInfo:
+def _from_parts(cid: str, name: str, config: dict[str, Any], state: dict[str, Any],
+                host_config: dict[str, Any], log_path: str, created: str, image_fallback: str, host: str,
+                env_allowlist: list[str], data_root: str) -> ContainerInfo:
     log_config = host_config.get("LogConfig") or {}
     driver = log_config.get("Type") or JSON_FILE
     started = state.get("StartedAt") or ""

@@ -1,0 +1,69 @@
+"""The spool's ledger: each cursor's acked sequence number and the next sequence number to write.
+
+Small JSON, replaced whole (temporary file, then rename), so a crash leaves either the old or the new
+ledger, never a mix. A ledger older than the segments only means re-delivery (duplicates, never loss),
+which is why it is not fsynced on every ack. `next_seq` keeps sequence numbers growing when every
+segment is gone, so a cursor's acked number can never hide new records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+log = logging.getLogger("shipper.spool")
+LEDGER_VERSION = 1
+LEDGER_NAME = "ledger.json"
+
+
+@dataclass
+class Ledger:
+    path: Path
+    next_seq: int = 1
+    cursors: dict[str, int] = field(default_factory=dict)  # name -> last acked seq (0: none)
+    damaged: bool = False  # the file existed but could not be read
+
+    @classmethod
+    def load(cls, directory: Path) -> Ledger:
+        path = directory / LEDGER_NAME
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return cls(path)
+        try:
+            doc = orjson.loads(raw)
+            if doc.get("version") != LEDGER_VERSION:
+                raise ValueError(f"unknown ledger version {doc.get('version')!r}")
+            cursors = {str(k): int(v) for k, v in doc["cursors"].items()}
+            return cls(path, max(int(doc["next_seq"]), 1), cursors)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            log.error("spool ledger unreadable, cursors restart at the oldest record (duplicates, no loss) "
+                      "path=%s error=%r", path, e)
+            return cls(path, damaged=True)
+
+    def save(self, fsync: bool = False) -> None:
+        data = orjson.dumps({"version": LEDGER_VERSION, "next_seq": self.next_seq, "cursors": self.cursors})
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        if fsync:
+            fsync_dir(self.path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a create, rename or unlink in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,427 @@
+"""Container discovery: an endless async stream of `Change`s, from the Engine API or from dockerd's files.
+
+Kinds of change, per container id:
+  start   it runs (or, at startup, exists with logs: `info.running` says which). May repeat for a known id
+          when the container was restarted; `info` is then the whole, current picture.
+  stop    it exited; its log is complete once read to the end.
+  rename  `info.meta.name` changed.
+  update  metadata became more precise without a rename: ApiDiscovery yields `start` straight from the
+          event (name, image, labels) so a short-lived container's log is opened before `--rm` deletes it,
+          then inspects it; when inspect adds something (tty, log driver or path, allowlisted env) the whole
+          refreshed `info` comes as `update`. Consumers replace their info, as for `rename`.
+  remove  it is gone, with its files; `info` is the last known one.
+
+Both implementations keep trying through transient failures and never raise out of the iterator; which
+containers are shipped is decided downstream.
+
+ApiDiscovery subscribes to `/events` *before* listing, so nothing that happens during the listing is
+missed, and drops the duplicates that overlap brings. After a broken stream it subscribes again with
+`since` = the last event seen (dockerd replays its recent events), re-lists, and reconciles: containers
+that vanished meanwhile are removed, new ones started. Ids are never reused, so any event for a container
+already reported removed is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from shipper.config import Config, Discovery
+from shipper.docker.client import DockerClient, EventStream, since_from_ns
+from shipper.docker.metadata import ContainerInfo, info_from_config_files, info_from_event, info_from_inspect
+from shipper.errors import ContainerGone, DockerError, DockerUnavailable
+from shipper.telemetry.metrics import Metrics
+
+log = logging.getLogger("shipper.docker")
+
+ChangeKind = Literal["start", "stop", "rename", "update", "remove"]
+EVENT_FILTERS = {"type": ["container"], "event": ["create", "start", "die", "destroy", "rename"]}
+RECONNECTS = "shipper_docker_reconnects_total"
+CONFIG_INVALID = "shipper_docker_config_invalid_total"
+INITIAL_BACKOFF_SECS = 0.5
+MAX_REMEMBERED = 10_000
+
+
+@dataclass
+class Change:
+    kind: ChangeKind
+    id: str
+    info: ContainerInfo | None
+
+
+class ContainerDiscovery(ABC):
+    """`async for change in discovery:` never ends by itself and never raises for a transient failure."""
+
+    def __aiter__(self) -> AsyncIterator[Change]:
+        return self.changes()
+
+    @abstractmethod
+    def changes(self) -> AsyncIterator[Change]: ...
+
+
+def make_discovery(cfg: Config, metrics: Metrics, client: DockerClient | None = None) -> ContainerDiscovery:
+    if cfg.docker.discovery is Discovery.FILES:
+        return FileDiscovery(cfg, metrics)
+    return ApiDiscovery(client or DockerClient.from_config(cfg.docker, metrics), cfg, metrics)
+
+
+class _Bounded(OrderedDict[str, Any]):
+    """Remembers the most recent keys only: removed ids and create-time inspects must not grow forever."""
+
+    def remember(self, key: str, value: Any = None) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > MAX_REMEMBERED:
+            self.popitem(last=False)
+
+
+class _Tracker:
+    """What has been reported, so that a new snapshot or event turns into exactly the changes it implies."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, ContainerInfo] = {}
+        self.removed = _Bounded()
+
+    def seen(self, info: ContainerInfo) -> list[Change]:
+        """A complete, current snapshot of one container (a listing, an inspect or its files)."""
+        cid = info.id
+        if cid in self.removed:
+            return []
+        old = self.known.get(cid)
+        self.known[cid] = info
+        if old is None:
+            return [Change("start", cid, info)]
+        out: list[Change] = []
+        restarted = bool(info.started_at and old.started_at and info.started_at != old.started_at)
+        if info.meta.name != old.meta.name and not (info.running and (restarted or not old.running)):
+            out.append(Change("rename", cid, info))
+        if info.running and (restarted or not old.running):
+            out.append(Change("start", cid, info))
+        elif old.running and not info.running:
+            out.append(Change("stop", cid, info))
+        elif not out and not info.same_as(old):
+            out.append(Change("update", cid, info))
+        return out
+
+    def gone(self, cid: str) -> list[Change]:
+        self.removed.remember(cid)
+        old = self.known.pop(cid, None)
+        return [Change("remove", cid, old)] if old is not None else []
+
+
+class _Backoff:
+    """Exponential, jittered, capped: many shippers must not reconnect to a restarted dockerd in step."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = max(cap, INITIAL_BACKOFF_SECS)
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        base = min(self.cap, INITIAL_BACKOFF_SECS * 2 ** min(self.failures - 1, 30))
+        return base * random.uniform(0.8, 1.0)
+
+
+class ApiDiscovery(ContainerDiscovery):
+    def __init__(self, client: DockerClient, cfg: Config, metrics: Metrics, *,
+                 health_interval_secs: float = 30.0, inspect_concurrency: int = 8) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._host = cfg.host.resolved_name
+        self._allow = list(cfg.select.env_allowlist)
+        self._data_root = cfg.docker.data_root
+        self._backoff = _Backoff(cfg.docker.reconnect_max_secs)
+        self._health = health_interval_secs
+        self._sem = asyncio.Semaphore(inspect_concurrency)
+        self._tracker = _Tracker()
+        self._created = _Bounded()  # id -> ContainerInfo inspected at `create`, before `start`
+        self._since: int | None = None  # ns; where a new subscription resumes
+        self.synced = asyncio.Event()  # set while the event stream is live and the listing reconciled
+
+    @property
+    def known(self) -> dict[str, ContainerInfo]:
+        return self._tracker.known
+
+    async def changes(self) -> AsyncIterator[Change]:
+        while True:
+            try:
+                async for change in self._session():
+                    yield change
+                err: BaseException = DockerUnavailable("the event stream ended")
+            except DockerError as e:
+                err = e
+            except (ValueError, KeyError, TypeError, AttributeError) as e:  # an answer of an unexpected shape
+                err = e
+                log.warning("unexpected answer from the Docker API; reconnecting", exc_info=True)
+            self.synced.clear()
+            delay = self._backoff.next_delay()
+            n = self._backoff.failures
+            level = logging.WARNING if n == 1 or n % 10 == 0 else logging.DEBUG
+            log.log(level, "Docker API lost, will reconnect attempt=%d retry_in=%.2fs error=%s",
+                    n, delay, err)
+            await asyncio.sleep(delay)
+
+    def _on_synced(self, stream: EventStream) -> None:
+        if stream.server_time is not None:
+            self._since = max(self._since or 0, int(stream.server_time) * 1_000_000_000)
+        if self._backoff.failures:
+            self._metrics.inc(RECONNECTS)
+            log.warning("Docker API reconnected after %d failed attempts; resynced containers=%d",
+                        self._backoff.failures, len(self._tracker.known))
+            self._backoff.failures = 0
+        self.synced.set()
+
+    async def _session(self) -> AsyncIterator[Change]:
+        since = since_from_ns(self._since) if self._since is not None else None
+        stream = await self._client.open_events(since=since, filters=EVENT_FILTERS)
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        tasks.add(asyncio.create_task(self._pump(stream, queue)))
+        try:
+            current = await self._list()
+            for cid in [c for c in self._tracker.known if c not in current]:
+                for ch in self._tracker.gone(cid):
+                    yield ch
+            for info in current.values():
+                for ch in self._tracker.seen(info):
+                    yield ch
+            self._on_synced(stream)
+            while True:
+                try:
+                    kind, payload = await asyncio.wait_for(queue.get(), self._health)
+                except TimeoutError:
+                    await self._client.ping()  # a dead peer on a quiet stream shows only this way
+                    continue
+                if kind == "error":
+                    raise payload
+                if kind == "event":
+                    changes, inspect = self._on_event(payload)
+                    if inspect:
+                        task = asyncio.create_task(self._inspect_later(inspect, queue))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                else:
+                    changes = self._on_inspected(payload)
+                for ch in changes:
+                    yield ch
+        finally:
+            stream.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _pump(self, stream: EventStream, queue: asyncio.Queue[tuple[str, Any]]) -> None:
+        try:
+            async for ev in stream:
+                queue.put_nowait(("event", ev))
+            queue.put_nowait(("error", DockerUnavailable("Docker closed the event stream")))
+        except DockerError as e:
+            queue.put_nowait(("error", e))
+
+    async def _list(self) -> dict[str, ContainerInfo]:
+        """Every container that has (or had) a running process, inspected; gone ones are left out."""
+        listed = await self._client.list_containers(all=True)
+        ids = [c["Id"] for c in listed if c.get("State") != "created"]  # never started: no log yet
+        found = await asyncio.gather(*(self._inspect(cid) for cid in ids))
+        return {info.id: info for info in found if info is not None}
+
+    async def _inspect(self, cid: str) -> ContainerInfo | None:
+        async with self._sem:
+            try:
+                d = await self._client.inspect(cid)
+            except ContainerGone:
+                return None
+        return info_from_inspect(d, self._host, self._allow, self._data_root)
+
+    async def _inspect_later(self, cid: str, queue: asyncio.Queue[tuple[str, Any]]) -> None:
+        try:
+            info = await self._inspect(cid)
+        except DockerError as e:  # the stream's own failure, if any, ends the session
+            log.debug("inspect failed id=%s error=%s", cid, e)
+            return
+        if info is not None:
+            queue.put_nowait(("inspected", info))
+
+    def _on_event(self, ev: dict[str, Any]) -> tuple[list[Change], str]:
+        """The changes an event implies now, and the id to inspect afterwards ("" for none)."""
+        actor = ev.get("Actor") or {}
+        cid = actor.get("ID") or ev.get("id")
+        action = ev.get("Action") or ev.get("status")
+        if not isinstance(cid, str) or not cid or ev.get("Type", "container") != "container":
+            return [], ""
+        ns = ev.get("timeNano")
+        if isinstance(ns, int) and ns > (self._since or 0):
+            self._since = ns
+        known = self._tracker.known
+        if cid in self._tracker.removed:
+            return [], ""
+        old = known.get(cid)
+        if action == "create":
+            return [], cid
+        if action == "start":
+            if old is not None and old.running:
+                return [], ""  # already reported: the listing and the subscription overlap
+            base = self._created.pop(cid, None) or old
+            info = info_from_event(ev, self._host, self._data_root, base)
+            known[cid] = info
+            return [Change("start", cid, info)], cid
+        if action == "die":
+            if old is None or not old.running:
+                return [], ""
+            info = replace(old, running=False)
+            known[cid] = info
+            return [Change("stop", cid, info)], ""
+        if action == "destroy":
+            self._created.pop(cid, None)
+            return self._tracker.gone(cid), ""
+        if action == "rename":
+            name = str((actor.get("Attributes") or {}).get("name") or "").lstrip("/")
+            if old is None:
+                pending = self._created.get(cid)
+                if pending is not None and name:
+                    self._created[cid] = replace(pending, meta=replace(pending.meta, name=name))
+                return [], ""
+            if not name or name == old.meta.name:
+                return [], ""
+            info = replace(old, meta=replace(old.meta, name=name))
+            known[cid] = info
+            return [Change("rename", cid, info)], ""
+        return [], ""
+
+    def _on_inspected(self, info: ContainerInfo) -> list[Change]:
+        """Merge an inspect answer; events stay the authority on name and state, as they may be newer."""
+        cid = info.id
+        if cid in self._tracker.removed:
+            return []
+        old = self._tracker.known.get(cid)
+        if old is None:
+            if not info.running:
+                self._created.remember(cid, info)  # kept for its start event
+            return []
+        merged = replace(info, meta=replace(info.meta, name=old.meta.name), running=old.running)
+        self._tracker.known[cid] = merged
+        return [] if merged.same_as(old) else [Change("update", cid, merged)]
+
+
+class FileDiscovery(ContainerDiscovery):
+    """Scans `<data_root>/containers/*/config.v2.json`: works with no socket at all.
+
+    A container that lives less than one scan interval is never seen; the API discovery has no such gap.
+    Unchanged files are not re-read (their stat is compared), so a scan costs two stats per container.
+    """
+
+    def __init__(self, cfg: Config, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._root = Path(cfg.docker.data_root)
+        self._interval = cfg.docker.scan_interval_secs
+        self._host = cfg.host.resolved_name
+        self._allow = list(cfg.select.env_allowlist)
+        self._tracker = _Tracker()
+        self._cache: dict[str, tuple[tuple[int, ...], ContainerInfo | None]] = {}
+        self._reported: dict[str, tuple[int, ...]] = {}  # id -> stat of the bad file already reported
+        self._root_missing = False
+        self.scans = 0
+
+    @property
+    def known(self) -> dict[str, ContainerInfo]:
+        return self._tracker.known
+
+    async def changes(self) -> AsyncIterator[Change]:
+        while True:
+            try:
+                result = await asyncio.to_thread(self._scan)
+            except OSError as e:
+                result = None
+                if not self._root_missing:
+                    self._root_missing = True
+                    log.error("cannot scan Docker data root path=%s error=%s (retrying every %.1fs; "
+                              "logged once)", self._root / "containers", e, self._interval)
+            if result is not None:
+                if self._root_missing:
+                    self._root_missing = False
+                    log.info("Docker data root readable again path=%s", self._root / "containers")
+                for ch in self._diff(*result):
+                    yield ch
+            self.scans += 1
+            await asyncio.sleep(self._interval)
+
+    def _diff(self, infos: dict[str, ContainerInfo], unreadable: set[str]) -> Iterable[Change]:
+        for cid in [c for c in self._tracker.known if c not in infos and c not in unreadable]:
+            yield from self._tracker.gone(cid)
+        for info in infos.values():
+            yield from self._tracker.seen(info)
+
+    def _scan(self) -> tuple[dict[str, ContainerInfo], set[str]]:
+        """Runs in a thread: file reads must not stall the event loop."""
+        infos: dict[str, ContainerInfo] = {}
+        unreadable: set[str] = set()
+        present: set[str] = set()
+        with os.scandir(self._root / "containers") as it:
+            for entry in it:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                cid = entry.name
+                present.add(cid)
+                info = self._read(cid, Path(entry.path), unreadable)
+                if info is not None:
+                    infos[cid] = info
+        for cid in [c for c in self._cache if c not in present]:
+            del self._cache[cid]
+            self._reported.pop(cid, None)
+        return infos, unreadable
+
+    def _read(self, cid: str, d: Path, unreadable: set[str]) -> ContainerInfo | None:
+        try:
+            st = os.stat(d / "config.v2.json")
+        except FileNotFoundError:
+            if cid in self._tracker.known:
+                unreadable.add(cid)  # being removed: the directory goes next
+            return None  # or being created: the file comes next
+        except OSError as e:
+            unreadable.add(cid)
+            self._invalid(cid, (), f"stat failed: {e}")
+            return None
+        try:
+            hst = os.stat(d / "hostconfig.json")
+            hkey: tuple[int, ...] = (hst.st_mtime_ns, hst.st_size, hst.st_ino)
+        except OSError:
+            hkey = ()
+        key = (st.st_mtime_ns, st.st_size, st.st_ino, *hkey)
+        cached = self._cache.get(cid)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            parsed = info_from_config_files(d, self._host, self._allow, str(self._root))
+        except (OSError, ValueError) as e:
+            unreadable.add(cid)
+            self._invalid(cid, key, str(e))
+            return None
+        if parsed.id != cid:
+            unreadable.add(cid)
+            self._invalid(cid, key, f"config.v2.json names another container {parsed.id}")
+            return None
+        if self._reported.pop(cid, None) is not None:
+            log.info("container config readable again id=%s", cid[:12])
+        # Created but never started: no log yet; looked at again when its file changes.
+        info = parsed if parsed.running or parsed.started_at else None
+        self._cache[cid] = (key, info)
+        return info
+
+    def _invalid(self, cid: str, key: tuple[int, ...], reason: str) -> None:
+        """Counted once per version of the bad file; logged once until the file reads well again."""
+        if self._reported.get(cid) == key:
+            return
+        first = cid not in self._reported
+        self._reported[cid] = key
+        self._metrics.inc(CONFIG_INVALID)
+        if first:
+            log.warning("skipped unreadable container config id=%s reason=%s (retried every scan; counted in "
+                        "%s; logged once until it reads well)", cid[:12], reason, CONFIG_INVALID)

@@ -1,0 +1,127 @@
+"""Where each container's log was read up to, kept in one JSON file so a restart resumes without loss.
+
+Positions move only when the buffer says a batch is safe (`commit`, from its on_safe callback), so what is
+on disk never runs ahead of what was delivered or spooled. Writes are atomic (temporary file, fsync,
+rename, fsync of the directory): a crash leaves the old file or the new one, never half of one. A file
+that cannot be read is logged and treated as empty: reading again from the start (or from the end, per
+`docker.start_at`) is better than not starting at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shipper.event import Checkpoint
+
+log = logging.getLogger("shipper.offsets")
+
+FILE_NAME = "offsets.json"
+VERSION = 1
+_FORGOTTEN_KEEP = 10_000  # late commits of removed containers are ignored; remember this many ids
+
+
+class OffsetStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / FILE_NAME
+        self._cps: dict[str, Checkpoint] = {}
+        self._forgotten: dict[str, None] = {}  # an ordered set, oldest first
+        self._dirty = False
+
+    def load(self) -> None:
+        """Read the saved positions; a missing file is a first start, a corrupt one is logged and ignored."""
+        self._cps = {}
+        self._dirty = False
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.error("cannot read offsets, starting without them path=%s error=%r", self.path, e)
+            return
+        try:
+            doc = orjson.loads(raw)
+            entries = doc["containers"]
+            if not isinstance(entries, dict):
+                raise TypeError("'containers' is not an object")
+            cps = {}
+            for cid, e in entries.items():
+                pos = e["position"]
+                fid = e.get("file_id", "")
+                if isinstance(pos, bool) or not isinstance(pos, int | str) or not isinstance(fid, str):
+                    raise TypeError(f"bad entry for {cid!r}: {e!r:.200}")
+                cps[cid] = Checkpoint(cid, pos, fid)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            log.error("offsets file is corrupt, starting without it (logs are re-read per docker.start_at) "
+                      "path=%s error=%s", self.path, e)
+            return
+        self._cps = cps
+
+    def get(self, container_id: str) -> Checkpoint | None:
+        return self._cps.get(container_id)
+
+    def all(self) -> dict[str, Checkpoint]:
+        return dict(self._cps)
+
+    def commit(self, cp: Checkpoint) -> None:
+        """Record a safe position; one behind the saved one for the same file is ignored (late ack)."""
+        if cp.container_id in self._forgotten:
+            return
+        old = self._cps.get(cp.container_id)
+        if old is not None and old.file_id == cp.file_id:
+            if old.position == cp.position:
+                return
+            if type(old.position) is type(cp.position) and cp.position < old.position:  # type: ignore[operator]
+                return
+        self._cps[cp.container_id] = Checkpoint(cp.container_id, cp.position, cp.file_id)
+        self._dirty = True
+
+    def forget(self, container_id: str) -> None:
+        """The container is gone: drop its position, and ignore commits of its last batches still in flight."""
+        self._forgotten[container_id] = None
+        if len(self._forgotten) > _FORGOTTEN_KEEP:
+            del self._forgotten[next(iter(self._forgotten))]
+        if self._cps.pop(container_id, None) is not None:
+            self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def flush(self) -> bool:
+        """Write the file if anything changed; False (logged, retried next time) when the disk refuses."""
+        if not self._dirty:
+            return True
+        doc: dict[str, Any] = {
+            "version": VERSION,
+            "containers": {cid: {"position": cp.position, "file_id": cp.file_id}
+                           for cid, cp in self._cps.items()},
+        }
+        data = orjson.dumps(doc)
+        tmp = self.path.with_name(f".{FILE_NAME}.tmp")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            log.error("cannot save offsets (will retry) path=%s error=%r", self.path, e)
+            return False
+        self._dirty = False
+        return True

@@ -148,7 +148,7 @@ class App:
         for name, r in self.runners.items():
             try:
                 await r.sink.close()
-            except Exception as e:  # noqa: BLE001 - closing must go on for the others
+            except Exception as e:
                 log.warning("sink close failed sink=%s error=%r", name, e)
         if self.buffer is not None:
             await self.buffer.close()

@@ -29,7 +29,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def doc(default: Any, text: str) -> Any:
     """A dataclass field with a default and a one-line description (shown by `shipper check --explain`)."""
     if isinstance(default, list | dict):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text})
+        return field(default_factory=default.copy, metadata={"doc": text})
     return field(default=default, metadata={"doc": text})
 
 

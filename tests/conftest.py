@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -53,20 +54,18 @@ def docker_client():  # type: ignore[no-untyped-def]
 
         client = docker.from_env(timeout=60)
         client.ping()
-    except Exception as e:  # noqa: BLE001 - any failure means "no dockerd"
+    except Exception as e:
         require("dockerd", False, repr(e))
     try:
         client.images.get(TEST_IMAGE)
-    except Exception:  # noqa: BLE001
+    except Exception:
         repo, tag = TEST_IMAGE.split(":")
         client.api.import_image_from_data(_busybox_tar(), repository=repo, tag=tag,
                                           changes=["ENV PATH=/bin"])
     yield client
     for c in client.containers.list(all=True, filters={"label": TEST_LABEL}):
-        try:
+        with contextlib.suppress(Exception):
             c.remove(force=True)
-        except Exception:  # noqa: BLE001, S110
-            pass
 
 
 @pytest.fixture
@@ -83,10 +82,8 @@ def run_container(docker_client):  # type: ignore[no-untyped-def]
 
     yield run
     for c in started:
-        try:
+        with contextlib.suppress(Exception):
             c.remove(force=True)
-        except Exception:  # noqa: BLE001, S110
-            pass
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ class Ledger:
     path: Path
     next_seq: int = 1
     cursors: dict[str, int] = field(default_factory=dict)  # name -> last acked seq (0: none)
+    # segment first seq -> reason -> [records, bytes] already counted, so a restart does not count them again
+    damage: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     damaged: bool = False  # the file existed but could not be read
 
     @classmethod
@@ -39,14 +41,17 @@ class Ledger:
             if doc.get("version") != LEDGER_VERSION:
                 raise ValueError(f"unknown ledger version {doc.get('version')!r}")
             cursors = {str(k): int(v) for k, v in doc["cursors"].items()}
-            return cls(path, max(int(doc["next_seq"]), 1), cursors)
+            damage = {str(k): {str(r): [int(n) for n in c] for r, c in v.items()}
+                      for k, v in (doc.get("damage") or {}).items()}
+            return cls(path, max(int(doc["next_seq"]), 1), cursors, damage)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             log.error("spool ledger unreadable, cursors restart at the oldest record (duplicates, no loss) "
                       "path=%s error=%r", path, e)
             return cls(path, damaged=True)
 
     def save(self, fsync: bool = False) -> None:
-        data = orjson.dumps({"version": LEDGER_VERSION, "next_seq": self.next_seq, "cursors": self.cursors})
+        data = orjson.dumps({"version": LEDGER_VERSION, "next_seq": self.next_seq, "cursors": self.cursors,
+                             "damage": self.damage})
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:

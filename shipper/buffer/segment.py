@@ -1,4 +1,4 @@
-"""The spool's on-disk format (see FORMAT.md): segment files of checksummed records, and how to read them back.
+"""The spool's on-disk format (see FORMAT.md): segments of checksummed records, and how to read them back.
 
 One record is one batch. Its header carries what recovery, accounting and replay need without decoding the
 payload: sequence number, push time, the batch's event-time bounds and its event count. The CRC covers the
@@ -21,7 +21,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,11 +67,11 @@ class RecordHeader(NamedTuple):
 @functools.lru_cache(maxsize=8192)
 def _second_ns(prefix: str) -> int:
     """'YYYY-MM-DDTHH:MM:SS' (UTC) -> ns since the epoch; cached because a batch shares its seconds."""
-    return int(datetime.fromisoformat(prefix).replace(tzinfo=timezone.utc).timestamp()) * _NS
+    return int(datetime.fromisoformat(prefix).replace(tzinfo=UTC).timestamp()) * _NS
 
 
 def parse_time_ns(ts: str) -> int | None:
-    """Docker's RFC 3339 timestamp -> ns since the epoch, keeping all nine fraction digits; None if unparsable."""
+    """Docker's RFC 3339 time -> ns since the epoch, keeping all nine fraction digits; None if unparsable."""
     try:
         if len(ts) >= 20 and ts[-1] == "Z" and ts[10] == "T" and ts[19] in ".Z":
             base = _second_ns(ts[:19])
@@ -79,7 +79,7 @@ def parse_time_ns(ts: str) -> int | None:
             return base + (int(frac[:9].ljust(9, "0")) if frac else 0)
         dt = datetime.fromisoformat(ts)
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         return int(dt.timestamp() * _NS)
     except (ValueError, IndexError):
         return None
@@ -115,18 +115,23 @@ def segment_header(first_seq: int, created_ns: int) -> bytes:
     return SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, 0, first_seq, created_ns)
 
 
-def encode(seq: int, push_ns: int, batch: Batch, compress: bool) -> tuple[bytes, bytes]:
-    """(header, payload) of one record; written with one writev so the payload is never copied."""
-    payload = encode_record(batch)
-    flags = 0
-    if compress:
-        payload = zlib.compress(payload, 1)
-        flags |= FLAG_ZLIB
+def encode_header(seq: int, push_ns: int, batch: Batch, payload: bytes, flags: int) -> bytes:
+    """The header of one record whose payload is already encoded (and compressed if `flags` say so)."""
     tmin, tmax = event_time_bounds(batch.events)
     head = RECORD_HEADER.pack(RECORD_MAGIC, 0, len(payload), flags, 0, seq, push_ns, tmin, tmax,
                               len(batch.events))
     crc = zlib.crc32(payload, zlib.crc32(memoryview(head)[CRC_FROM:]))
-    return RECORD_MAGIC + crc.to_bytes(4, "little") + head[CRC_FROM:], payload
+    return RECORD_MAGIC + crc.to_bytes(4, "little") + head[CRC_FROM:]
+
+
+def encode(seq: int, push_ns: int, batch: Batch, compress: bool = False) -> bytes:
+    """One whole record (tests and tools; the spool writes header and payload with one writev)."""
+    payload = encode_record(batch)
+    flags = 0
+    if compress:
+        payload = zlib.compress(payload, 1)
+        flags = FLAG_ZLIB
+    return encode_header(seq, push_ns, batch, payload, flags) + payload
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -161,7 +166,7 @@ def decode(buf: bytes, min_seq: int = 0) -> tuple[RecordHeader, Batch]:
         raise SpoolCorrupt("record failed its check")
     try:
         return hdr, decode_payload(hdr, memoryview(buf)[REC_HDR_SIZE:])
-    except (ValueError, TypeError, KeyError, IndexError, zlib.error) as e:  # a CRC-valid record we cannot read
+    except (ValueError, TypeError, KeyError, IndexError, zlib.error) as e:  # CRC-valid, yet unreadable
         raise SpoolCorrupt(f"record does not decode: {e!r}") from None
 
 
@@ -171,7 +176,8 @@ class Damage:
 
     offset: int
     nbytes: int
-    reason: str  # 'corrupt' (a valid record follows), 'torn_tail' (none follows), 'bad_header'
+    reason: str  # 'corrupt' (a valid record follows), 'torn_tail' (none follows), 'bad_header', 'misplaced'
+    records: int = 1  # records lost here, from the gap in sequence numbers where one is known
 
 
 @dataclass
@@ -213,11 +219,11 @@ def scan(buf: Buf, first_seq: int) -> Scan:
     off = SEG_HDR_SIZE
     if end < SEG_HDR_SIZE:
         if end:
-            result.damage.append(Damage(0, end, "torn_tail"))
+            result.damage.append(Damage(0, end, "torn_tail", 0))  # died while writing the header
         return result
     magic, version, _, _, hdr_seq, created = SEGMENT_HEADER.unpack_from(buf, 0)
     if magic != SEGMENT_MAGIC or version != FORMAT_VERSION or hdr_seq != first_seq:
-        result.damage.append(Damage(0, SEG_HDR_SIZE, "bad_header"))
+        result.damage.append(Damage(0, SEG_HDR_SIZE, "bad_header", 0))
     else:
         result.created_ns = created
     min_seq = first_seq
@@ -229,7 +235,7 @@ def scan(buf: Buf, first_seq: int) -> Scan:
                 result.damage.append(Damage(off, end - off, "torn_tail"))
                 break
             nxt, hdr = found
-            result.damage.append(Damage(off, nxt - off, "corrupt"))
+            result.damage.append(Damage(off, nxt - off, "corrupt", max(hdr.seq - min_seq, 1)))
             off = nxt
         result.headers.append(hdr)
         result.offsets.append(off)
@@ -264,8 +270,9 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
 # --- replay -------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ReplayRecord:
+class ReplayRecord(NamedTuple):
+    """What replay yields: unpack as `seq, push_time, batch`."""
+
     seq: int
     push_time: float  # seconds since the epoch
     batch: Batch
@@ -323,7 +330,7 @@ class SpoolReader:
         for d in found.damage:
             if d.reason == "torn_tail" and newest:
                 continue  # the daemon may be writing it right now
-            self.corrupt_records += 1
+            self.corrupt_records += d.records
             self.corrupt_bytes += d.nbytes
         for hdr, off in zip(found.headers, found.offsets, strict=True):
             if hdr.seq < min_seq or not _may_overlap(hdr, lo, hi):

@@ -46,6 +46,7 @@ ChangeKind = Literal["start", "stop", "rename", "update", "remove"]
 EVENT_FILTERS = {"type": ["container"], "event": ["create", "start", "die", "destroy", "rename"]}
 RECONNECTS = "shipper_docker_reconnects_total"
 CONFIG_INVALID = "shipper_docker_config_invalid_total"
+EVENTS_INVALID = "shipper_docker_events_invalid_total"
 INITIAL_BACKOFF_SECS = 0.5
 MAX_REMEMBERED = 10_000
 
@@ -66,11 +67,16 @@ class ContainerDiscovery(ABC):
     @abstractmethod
     def changes(self) -> AsyncIterator[Change]: ...
 
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the discovery owns (its Engine API client, when it made it)."""
+
 
 def make_discovery(cfg: Config, metrics: Metrics, client: DockerClient | None = None) -> ContainerDiscovery:
     if cfg.docker.discovery is Discovery.FILES:
         return FileDiscovery(cfg, metrics)
-    return ApiDiscovery(client or DockerClient.from_config(cfg.docker, metrics), cfg, metrics)
+    if client is not None:
+        return ApiDiscovery(client, cfg, metrics)
+    return ApiDiscovery(DockerClient.from_config(cfg.docker, metrics), cfg, metrics, own_client=True)
 
 
 class _Bounded(OrderedDict[str, Any]):
@@ -132,8 +138,10 @@ class _Backoff:
 
 class ApiDiscovery(ContainerDiscovery):
     def __init__(self, client: DockerClient, cfg: Config, metrics: Metrics, *,
-                 health_interval_secs: float = 30.0, inspect_concurrency: int = 8) -> None:
+                 health_interval_secs: float = 30.0, inspect_concurrency: int = 8,
+                 own_client: bool = False) -> None:
         self._client = client
+        self._own_client = own_client
         self._metrics = metrics
         self._host = cfg.host.resolved_name
         self._allow = list(cfg.select.env_allowlist)
@@ -144,11 +152,16 @@ class ApiDiscovery(ContainerDiscovery):
         self._tracker = _Tracker()
         self._created = _Bounded()  # id -> ContainerInfo inspected at `create`, before `start`
         self._since: int | None = None  # ns; where a new subscription resumes
+        self._warned_event = False
         self.synced = asyncio.Event()  # set while the event stream is live and the listing reconciled
 
     @property
     def known(self) -> dict[str, ContainerInfo]:
         return self._tracker.known
+
+    async def close(self) -> None:
+        if self._own_client:
+            await self._client.close()
 
     async def changes(self) -> AsyncIterator[Change]:
         while True:
@@ -196,14 +209,15 @@ class ApiDiscovery(ContainerDiscovery):
             self._on_synced(stream)
             while True:
                 try:
-                    kind, payload = await asyncio.wait_for(queue.get(), self._health)
+                    async with asyncio.timeout(self._health):  # not wait_for: on 3.11 it can eat a cancel
+                        kind, payload = await queue.get()
                 except TimeoutError:
                     await self._client.ping()  # a dead peer on a quiet stream shows only this way
                     continue
                 if kind == "error":
                     raise payload
                 if kind == "event":
-                    changes, inspect = self._on_event(payload)
+                    changes, inspect = self._on_event_safe(payload)
                     if inspect:
                         task = asyncio.create_task(self._inspect_later(inspect, queue))
                         tasks.add(task)
@@ -250,9 +264,22 @@ class ApiDiscovery(ContainerDiscovery):
         if info is not None:
             queue.put_nowait(("inspected", info))
 
+    def _on_event_safe(self, ev: dict[str, Any]) -> tuple[list[Change], str]:
+        try:
+            return self._on_event(ev)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            self._metrics.inc(EVENTS_INVALID)
+            if not self._warned_event:
+                self._warned_event = True
+                log.warning("skipped a Docker event of unexpected shape error=%r sample=%.200r "
+                            "(counted in %s; logged once)", e, ev, EVENTS_INVALID)
+            return [], ""
+
     def _on_event(self, ev: dict[str, Any]) -> tuple[list[Change], str]:
         """The changes an event implies now, and the id to inspect afterwards ("" for none)."""
         actor = ev.get("Actor") or {}
+        if not isinstance(actor, dict):
+            raise TypeError(f"Actor is a {type(actor).__name__}")
         cid = actor.get("ID") or ev.get("id")
         action = ev.get("Action") or ev.get("status")
         if not isinstance(cid, str) or not cid or ev.get("Type", "container") != "container":

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 
 from shipper.event import Batch, JsonLinesEncoder
-from shipper.sinks.base import Sink
+from shipper.config import SinkBase
+from shipper.sinks.base import Sink, SinkContext
 
 
 class StdoutSink(Sink):
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: SinkBase, context: SinkContext) -> None:
+        super().__init__(config, context)
         self.encoder = JsonLinesEncoder()
 
     async def send(self, batch: Batch) -> None:

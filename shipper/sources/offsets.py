@@ -50,11 +50,11 @@ class OffsetStore:
             if not isinstance(entries, dict):
                 raise TypeError("'containers' is not an object")
             cps = {}
-            for cid, e in entries.items():
-                pos = e["position"]
-                fid = e.get("file_id", "")
+            for cid, entry in entries.items():
+                pos = entry["position"]
+                fid = entry.get("file_id", "")
                 if isinstance(pos, bool) or not isinstance(pos, int | str) or not isinstance(fid, str):
-                    raise TypeError(f"bad entry for {cid!r}: {e!r:.200}")
+                    raise TypeError(f"bad entry for {cid!r}: {entry!r:.200}")
                 cps[cid] = Checkpoint(cid, pos, fid)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             log.error("offsets file is corrupt, starting without it (logs are re-read per docker.start_at) "
@@ -82,7 +82,7 @@ class OffsetStore:
         self._dirty = True
 
     def forget(self, container_id: str) -> None:
-        """The container is gone: drop its position, and ignore commits of its last batches still in flight."""
+        """The container is gone: drop its position and ignore late commits of its last batches."""
         self._forgotten[container_id] = None
         if len(self._forgotten) > _FORGOTTEN_KEEP:
             del self._forgotten[next(iter(self._forgotten))]

@@ -60,8 +60,6 @@ def sink_retry(m: Metrics, sink: str, error: BaseException, attempt: int, delay:
 
 
 def sink_state(m: Metrics, sink: str, state: str) -> None:
-    code = {"up": 0, "retrying": 1, "failing": 2}[state]
-    if m.get("shipper_sink_state", sink=sink) != code or state == "up":
-        if state != "up" or m.get("shipper_sink_state", sink=sink):
-            log.info("sink state changed sink=%s state=%s", sink, state)
-    m.set("shipper_sink_state", code, sink=sink)
+    """Called on every change of a sink's state (the runner keeps the previous one)."""
+    log.info("sink state changed sink=%s state=%s", sink, state)
+    m.set("shipper_sink_state", {"starting": 0, "up": 0, "retrying": 1, "failing": 2}[state], sink=sink)

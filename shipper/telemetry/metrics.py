@@ -25,6 +25,7 @@ HELP: dict[str, str] = {
     "shipper_containers": "Containers being read.",
     "shipper_buffer_events": "Events in the buffer.",
     "shipper_buffer_bytes": "Bytes in the buffer.",
+    "shipper_json_unparsed_total": "Lines that looked like JSON but did not parse; shipped as text.",
     "shipper_docker_reconnects_total": "Times the Docker event stream was reconnected.",
 }
 

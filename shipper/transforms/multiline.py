@@ -22,14 +22,15 @@ HEAD: Final = 1
 PATTERN: Final = 2  # mode = "pattern": a group is open, any non-start line continues it
 JAVA_EXC: Final = 3  # after an exception line or "Caused by:"
 JAVA: Final = 4  # after an "at ..." frame
-PY_TB: Final = 5  # inside "Traceback (most recent call last):"
-PY_END: Final = 6  # after the final "ValueError: x" line: only a chained traceback may follow
-PY_GAP: Final = 7  # blank line after PY_END (tentative: kept only if a chain announcement follows)
-PY_CHAIN: Final = 8  # after "During handling of the above exception..." / "The above exception was..."
-GO_PANIC: Final = 9  # after "panic: ..." / "fatal error: ..."
-GO_GAP: Final = 10  # blank line before "goroutine N [...]:" (tentative)
-GO_FRAMES: Final = 11  # function and "\t/path.go:12 +0x1d" lines
-GO_DONE: Final = 12  # after "exit status 2": the trace is over
+JAVA_UNCAUGHT: Final = 5  # after 'Exception in thread "main" ...': as JAVA_EXC, but never joins a held line
+PY_TB: Final = 6  # inside "Traceback (most recent call last):"
+PY_END: Final = 7  # after the final "ValueError: x" line: only a chained traceback may follow
+PY_GAP: Final = 8  # blank line after PY_END (tentative: kept only if a chain announcement follows)
+PY_CHAIN: Final = 9  # after "During handling of the above exception..." / "The above exception was..."
+GO_PANIC: Final = 10  # after "panic: ..." / "fatal error: ..."
+GO_GAP: Final = 11  # blank line before "goroutine N [...]:" (tentative)
+GO_FRAMES: Final = 12  # function and "\t/path.go:12 +0x1d" lines
+GO_DONE: Final = 13  # after "exit status 2": the trace is over
 
 # next_state() answers: 0 = not a continuation; a state > 0 = continuation, kept; TENTATIVE | state = a
 # continuation kept only if a later line confirms it (blank lines between chained tracebacks).
@@ -48,7 +49,8 @@ _JAVA_CAUSE = re.compile(r"[\t ]*(?:Caused by|Suppressed|nested exception is):")
 _START = re.compile(
     r"(?P<py>Traceback \(most recent call last\):$)"
     r"|(?P<go>(?:panic|fatal error): )"
-    r"|(?P<exc>Exception in thread \"|(?:[A-Za-z_$][\w$]*\.)+[\w$]*(?:Exception|Error|Throwable|Fault)\b(?::|$))"
+    r"|(?P<uncaught>Exception in thread \")"
+    r"|(?P<exc>(?:[A-Za-z_$][\w$]*\.)+[\w$]*(?:Exception|Error|Throwable|Fault)\b(?::|$))"
     r"|(?P<cause>(?:Caused by|Suppressed): )"
 )
 _PY_FINAL = re.compile(r"(?:[^\s.():]+\.)*[^\s.():]+(?::|$)")
@@ -62,8 +64,8 @@ def start_state(line: str) -> int:
     """Classify a line seen in IDLE/HEAD state.
 
     HEAD: a plain line (held, it may be a head); JAVA_EXC: an exception or "Caused by:" line (joins a held
-    head); JAVA: an indented "at ..." frame (joins a held head, else is a plain line); PY_TB / GO_PANIC: a
-    trace start (the held head is shipped on its own first).
+    head); JAVA: an indented "at ..." frame (joins a held head, else is a plain line); JAVA_UNCAUGHT, PY_TB,
+    GO_PANIC: a trace start (the held head is shipped on its own first).
     """
     c = line[:1]
     if c == "\t" or c == " ":
@@ -80,13 +82,15 @@ def start_state(line: str) -> int:
         return PY_TB
     if kind == "go":
         return GO_PANIC
+    if kind == "uncaught":
+        return JAVA_UNCAUGHT
     return JAVA_EXC
 
 
 def next_state(state: int, line: str) -> int:
     """Continue a trace in `state` with `line`: 0 if the line does not belong to it (see TENTATIVE)."""
     c = line[:1]
-    if state == JAVA or state == JAVA_EXC:
+    if JAVA_EXC <= state <= JAVA_UNCAUGHT:
         if c == "\t" or c == " ":
             if line.startswith(_JAVA_FRAME_PREFIXES) or _JAVA_FRAME.match(line):
                 return JAVA
@@ -116,7 +120,7 @@ def next_state(state: int, line: str) -> int:
         if c == "\t" or c == " " or line.startswith("[signal "):
             return GO_PANIC
         return GO_FRAMES if _GO_GOROUTINE.match(line) else 0
-    if state == GO_GAP or state == GO_FRAMES:
+    if state in (GO_GAP, GO_FRAMES):
         if c == "\t":
             return GO_FRAMES
         if not line:

@@ -214,7 +214,7 @@ def test_rotation_during_burst(tmp_path: Path, run_container) -> None:  # type: 
     c = run_container(f"sh -c 'i=0; while [ $i -lt {total} ]; do echo n=$i; i=$((i+1)); done; sleep 60'",
                       labels=s.labels, log_config={"type": "json-file",
                                                    "config": {"max-size": "64k", "max-file": "3"}})
-    evs = s.wait_for(lambda e: len(numbered(e, c.name)) >= total or "lost before it was read" in s.log_text(),
+    s.wait_for(lambda e: len(numbered(e, c.name)) >= total or "lost before it was read" in s.log_text(),
                      timeout=120, what="the burst")
     time.sleep(1)
     counts = numbered(s.events(), c.name)

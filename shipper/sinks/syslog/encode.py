@@ -35,7 +35,7 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 _TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:[.,](\d+))?([Zz]|[+-]\d\d:?\d\d)$")
 _SD_ID = re.compile(r'[!-~]+')
 _SD_NAME_BAD = re.compile(r'[^!-~]|[=\]"]')
-_TAG_BAD = re.compile(r"[^!-~]|[:\[\]]")
+_TAG_BAD = re.compile(r"[^!-~]|[:\[\]/]")
 
 
 class Format(enum.Enum):
@@ -221,7 +221,7 @@ def header_field(value: str, limit: int) -> str:
 
 
 def tag_3164(value: str) -> str:
-    """An RFC 3164 TAG: no space, ':' or brackets (they end the tag), at most 32 characters."""
+    """An RFC 3164 TAG: no space, ':', '/' or brackets (receivers end the tag there), at most 32 chars."""
     if not value:
         return NILVALUE
     return _TAG_BAD.sub("_", value)[:TAG_MAX_3164]
@@ -344,18 +344,24 @@ def escape_lf(data: bytes) -> bytes:
 
 
 def fit_message(msg: bytes, budget: int, escape: bool) -> bytes:
-    """The MSG part cut to `budget` bytes at a character boundary, after LF escaping when `escape`."""
-    out = escape_lf(msg) if escape else msg
-    if len(out) <= budget:
-        return out
+    """The MSG part cut to `budget` bytes at a character boundary, after LF escaping when `escape`;
+    an escape sequence is kept whole or left out, never split."""
     if not escape:
         return truncate_utf8(msg, budget)
-    keep = budget
-    while True:  # cut the raw text so that no escape sequence is split; shrinks by the overflow each time
-        out = escape_lf(truncate_utf8(msg, keep))
-        if len(out) <= budget:
-            return out
-        keep -= len(out) - budget
+    out: list[bytes] = []
+    room = budget
+    for i, segment in enumerate(msg.split(LF)):
+        if i:
+            if room < len(LF_ESCAPE):
+                break
+            out.append(LF_ESCAPE)
+            room -= len(LF_ESCAPE)
+        if len(segment) > room:
+            out.append(truncate_utf8(segment, room))
+            break
+        out.append(segment)
+        room -= len(segment)
+    return b"".join(out)
 
 
 def frame_octet_counting(message: bytes) -> bytes:
@@ -414,7 +420,8 @@ class SyslogEncoder:
         self.msgid = Template(opts.msgid)
         self._meta: ContainerMeta | None = None
         self._middles: dict[tuple[str, bool], bytes] = {}
-        self._pri_prefix: dict[int, bytes] = {}
+        version = b"" if opts.format is Format.RFC3164 else b"%d " % SYSLOG_VERSION
+        self._prefixes = {sev: b"<%d>" % priority(opts.facility, sev) + version for sev in Severity}
 
     def _host(self, meta: ContainerMeta) -> str:
         return meta.host or self.opts.host_name
@@ -446,13 +453,6 @@ class SyslogEncoder:
         self._middles[key] = out
         return out
 
-    def _prefix(self, pri: int) -> bytes:
-        out = self._pri_prefix.get(pri)
-        if out is None:
-            version = b"" if self.opts.format is Format.RFC3164 else b"%d " % SYSLOG_VERSION
-            out = self._pri_prefix[pri] = b"<%d>" % pri + version
-        return out
-
     def encode_batch(self, batch: Batch, max_bytes: int, framing: Framing | None) -> Encoded:
         """Every event of `batch` as one syslog message of at most `max_bytes` (framing excluded).
 
@@ -464,11 +464,16 @@ class SyslogEncoder:
         rfc3164 = opts.format is Format.RFC3164
         escape = framing is Framing.LF
         bom = BOM if opts.bom and not rfc3164 else b""
-        facility = opts.facility
+        prefixes = self._prefixes
+        stdout_prefix, stderr_prefix = prefixes[opts.severity], prefixes[opts.stderr_severity]
         out: list[bytes] = []
         encoded = Encoded(out)
         for ev in batch.events:
-            pri = priority(facility, event_severity(ev, opts))
+            sev = json_severity(ev.fields) if ev.fields is not None else None
+            if sev is not None:
+                prefix = prefixes[sev]
+            else:
+                prefix = stderr_prefix if ev.stream == "stderr" else stdout_prefix
             if rfc3164:
                 stamp = rfc3164_timestamp(ev.timestamp)
                 if stamp is None:
@@ -478,7 +483,7 @@ class SyslogEncoder:
                 stamp = rfc5424_timestamp(ev.timestamp)
                 if stamp == NILVALUE:
                     encoded.bad_timestamps += 1
-            head = self._prefix(pri) + stamp.encode() + self.middle(meta, ev.stream, escape) + bom
+            head = prefix + stamp.encode() + self.middle(meta, ev.stream, escape) + bom
             msg = ev.message.encode("utf-8", "replace")
             budget = max_bytes - len(head)
             sd_dropped = False

@@ -19,6 +19,10 @@ SCHEMES = ("udp", "tcp", "tls", "unix")
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}  # RFC 5426, common practice, RFC 5425
 UDP_MAX_PAYLOAD = 65507  # IPv4: 65535 - 8 (UDP header) - 20 (IP header)
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# TLS 1.3 finishes the client's handshake before the server has checked the client's certificate: a
+# receiver that refuses it answers with an alert a round trip later, after the first batch would have been
+# written "successfully" into a connection about to close. Wait this long for such an answer first.
+TLS13_REJECT_WAIT_SECS = 0.3
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,25 @@ async def connect(address: Address, timeout: float, tls: ssl.SSLContext | None =
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    ssl_object = writer.get_extra_info("ssl_object")
+    if ssl_object is not None and ssl_object.version() == "TLSv1.3":
+        await _await_rejection(reader, writer)
     return StreamTransport(address, reader, writer)
+
+
+async def _await_rejection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Raise if the receiver closes the connection or alerts right after a TLS 1.3 handshake."""
+    try:
+        data = await asyncio.wait_for(reader.read(1), TLS13_REJECT_WAIT_SECS)
+    except TimeoutError:
+        return  # silence: accepted (a syslog receiver never sends anything)
+    except OSError:
+        writer.close()
+        raise
+    if not data:
+        writer.close()
+        raise ConnectionResetError(errno.ECONNRESET, "closed right after the TLS handshake (client "
+                                                     "certificate missing or refused?)")
 
 
 async def _connect_udp(address: Address, timeout: float) -> Transport:

@@ -16,7 +16,8 @@ def batch(n: int, pos: int) -> Batch:
     return Batch(META, [Event(f"t{pos}-{i}", f"m{pos}-{i}") for i in range(n)], Checkpoint("c1", pos))
 
 
-def make(when_full: WhenFull = WhenFull.BLOCK, max_events: int = 10) -> tuple[MemoryBuffer, list[int], Metrics]:
+def make(when_full: WhenFull = WhenFull.BLOCK,
+         max_events: int = 10) -> tuple[MemoryBuffer, list[int], Metrics]:
     safe: list[int] = []
     m = Metrics()
     buf = MemoryBuffer(lambda cp: safe.append(int(cp.position)), m, max_events, 1 << 30, when_full)
@@ -63,7 +64,7 @@ async def test_drop_newest_counts_and_keeps_old() -> None:
 
 
 async def test_drop_oldest_evicts_unacked() -> None:
-    buf, safe, m = make(WhenFull.DROP_OLDEST, max_events=4)
+    buf, _safe, m = make(WhenFull.DROP_OLDEST, max_events=4)
     cur = buf.cursor("s")
     await buf.push(batch(3, 1))
     await buf.push(batch(3, 2))

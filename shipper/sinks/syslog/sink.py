@@ -1,0 +1,264 @@
+"""The syslog sink: encodes each batch once, writes it once, fails over between addresses in order.
+
+Delivery means "written to the socket" (after `drain()` on streams): syslog has no acknowledgement. To keep
+the known loss windows small it checks, before each write, whether the receiver has closed the connection,
+and on datagrams it resumes a retried batch after the last datagram that went out, so a retry does not
+repeat what was already sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import ssl
+from dataclasses import dataclass
+
+from shipper.config import SinkBase, doc
+from shipper.errors import ConfigError, RetryableSinkError
+from shipper.event import Batch
+from shipper.sinks.base import Sink, SinkContext
+from shipper.sinks.syslog.encode import (
+    MIN_MESSAGE_BYTES,
+    NILVALUE,
+    Encoded,
+    EncoderOptions,
+    Facility,
+    Format,
+    Framing,
+    Severity,
+    SyslogEncoder,
+    Template,
+    check_sd_id,
+)
+from shipper.sinks.syslog.transport import (
+    UDP_MAX_PAYLOAD,
+    Address,
+    Transport,
+    connect,
+    parse_address,
+    tls_context,
+)
+from shipper.telemetry import events as tel
+from shipper.telemetry.metrics import Metrics
+
+log = logging.getLogger("shipper.sinks.syslog")
+
+# Longest syslog message (framing excluded) per transport when max_message_bytes is 0. UDP: RFC 5426 says
+# 2048 is what a receiver should take and more risks IP fragmentation. Unix: rsyslog's default
+# $MaxMessageSize (8 KiB) is what a local /dev/log reader usually takes. TCP/TLS: 64 KiB, which the receiver
+# must be set up for (rsyslog: global(maxMessageSize="64k")).
+DEFAULT_MAX_MESSAGE_BYTES = {"udp": 2048, "unix": 8192, "tcp": 65536, "tls": 65536}
+MAX_MESSAGE_BYTES_CAP = 16 * 1024 * 1024
+
+
+class TlsVersion(enum.Enum):
+    V1_2 = "1.2"
+    V1_3 = "1.3"
+
+
+@dataclass(frozen=True)
+class SyslogConfig(SinkBase):
+    address: list[str] = doc(["unix:///dev/log"],
+                             "udp://host:port, tcp://host:port, tls://host:port or unix:///path; "
+                             "a list fails over in order")
+    format: Format = doc(Format.RFC5424,
+                         "'rfc5424' (structured data, microseconds) or 'rfc3164' (BSD)")
+    framing: Framing = doc(Framing.OCTET_COUNTING,
+                           "stream transports: 'octet-counting' (RFC 6587, any byte allowed) or 'lf' "
+                           "(one message a line, LF inside written as #012)")
+    facility: Facility = doc(Facility.LOCAL0,
+                             "syslog facility: kern, user, daemon, ..., local0-local7")
+    severity: Severity = doc(Severity.INFO,
+                             "severity of stdout events without a JSON level")
+    stderr_severity: Severity = doc(Severity.ERR,
+                                    "severity of stderr events without a JSON level")
+    app_name: str = doc("{container.name}", "APP-NAME (RFC 3164: TAG) template; fields {container.name}, "
+                                            "{container.id}, {container.image}, {compose.project}, "
+                                            "{compose.service}, {host.name}, {stream}; {field:N} keeps "
+                                            "the first N characters")
+    procid: str = doc(NILVALUE, "PROCID template (same fields); '-' for none")
+    msgid: str = doc("{stream}", "MSGID template (same fields)")
+    sd_id: str = doc("docker@32473", "SD-ID of the container's structured data: name@enterprise-number")
+    sd_labels: bool = doc(False, "add the container's labels as a second SD element, name.labels@number")
+    bom: bool = doc(False, "RFC 5424: start MSG with a UTF-8 byte order mark")
+    max_message_bytes: int = doc(0, "longest syslog message, framing excluded; MSG is cut at a UTF-8 "
+                                    "boundary past it (0: udp 2048, unix 8192, tcp/tls 65536)")
+    tls_ca: str = doc("", "tls://: CA bundle that signed the receiver's certificate (default: system roots)")
+    tls_cert: str = doc("", "tls://: client certificate, for receivers that require mutual TLS")
+    tls_key: str = doc("", "tls://: the client certificate's private key")
+    tls_verify_hostname: bool = doc(True, "tls://: check the certificate names the host (the chain is "
+                                          "always checked)")
+    tls_server_name: str = doc("", "tls://: name to send (SNI) and check, when it differs from the host")
+    tls_min_version: TlsVersion = doc(TlsVersion.V1_2,
+                                      "tls://: oldest TLS version allowed: '1.2' or '1.3'")
+    connect_timeout_secs: float = doc(10.0, "longest wait to connect (and finish the TLS handshake)")
+    write_timeout_secs: float = doc(30.0, "longest wait for a batch to be taken by the socket")
+
+    def validate(self, key: str) -> None:
+        if not self.address:
+            raise ConfigError(f"{key}.address", "needs at least one address")
+        addresses = []
+        for i, text in enumerate(self.address):
+            try:
+                addresses.append(parse_address(text))
+            except ValueError as e:
+                sub = f"{key}.address" if len(self.address) == 1 else f"{key}.address[{i}]"
+                raise ConfigError(sub, str(e)) from None
+        for name in ("app_name", "procid", "msgid"):
+            try:
+                Template(getattr(self, name))
+            except ValueError as e:
+                raise ConfigError(f"{key}.{name}", str(e)) from None
+        try:
+            check_sd_id(self.sd_id)
+        except ValueError as e:
+            raise ConfigError(f"{key}.sd_id", str(e)) from None
+        limit = self.max_message_bytes
+        if limit and not MIN_MESSAGE_BYTES <= limit <= MAX_MESSAGE_BYTES_CAP:
+            raise ConfigError(f"{key}.max_message_bytes", f"must be 0 (per transport) or between "
+                                                          f"{MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES_CAP}")
+        if limit > UDP_MAX_PAYLOAD and any(a.scheme == "udp" for a in addresses):
+            raise ConfigError(f"{key}.max_message_bytes", f"a UDP datagram carries at most {UDP_MAX_PAYLOAD}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError(f"{key}.tls_key" if self.tls_cert else f"{key}.tls_cert",
+                              "tls_cert and tls_key go together")
+        if not any(a.scheme == "tls" for a in addresses):
+            for name in ("tls_ca", "tls_cert", "tls_server_name"):
+                if getattr(self, name):
+                    raise ConfigError(f"{key}.{name}", "is set but no address is tls://")
+        for name in ("connect_timeout_secs", "write_timeout_secs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{key}.{name}", "must be positive")
+
+    def encoder_options(self, host_name: str = "") -> EncoderOptions:
+        return EncoderOptions(format=self.format, facility=self.facility, severity=self.severity,
+                              stderr_severity=self.stderr_severity, app_name=self.app_name,
+                              procid=self.procid, msgid=self.msgid, sd_id=self.sd_id,
+                              sd_labels=self.sd_labels, bom=self.bom, host_name=host_name)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """The batch being sent, kept across retries so it is encoded and counted once."""
+
+    batch: Batch
+    key: tuple[bool, int] | None = None  # (stream framing, limit) the encoding was made for
+    encoded: Encoded | None = None
+    done: int = 0  # messages already sent (datagrams: each went out whole)
+    counted: bool = False
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _failover(m: Metrics, sink: str, old: Address, new: Address) -> None:
+    m.inc("shipper_sink_failovers_total", sink=sink)
+    log.warning("syslog sink failed over sink=%s from=%s to=%s", sink, old, new)
+
+
+class SyslogSink(Sink):
+    Config = SyslogConfig
+    config: SyslogConfig
+
+    def __init__(self, config: SyslogConfig, context: SinkContext) -> None:
+        super().__init__(config, context)
+        self.addresses = [parse_address(a) for a in config.address]
+        self.encoder = SyslogEncoder(config.encoder_options(context.host_name))
+        self.index = 0  # the address in use, or tried first on the next connect
+        self.transport: Transport | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._pending: _Pending | None = None
+
+    @property
+    def address(self) -> Address:
+        return self.addresses[self.index]
+
+    async def start(self) -> None:
+        if any(a.scheme == "tls" for a in self.addresses):
+            cfg = self.config
+            try:
+                self._tls = tls_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key, cfg.tls_verify_hostname,
+                                        cfg.tls_min_version.value)
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+                raise RetryableSinkError(f"syslog TLS setup failed (tls_ca/tls_cert/tls_key): {e}") from e
+
+    async def healthcheck(self) -> None:
+        await self._ready()
+
+    async def _ready(self) -> Transport:
+        t = self.transport
+        if t is not None:
+            if t.usable():
+                return t
+            await self._drop()
+        return await self._connect()
+
+    async def _connect(self) -> Transport:
+        if self._tls is None:
+            await self.start()
+        errors = []
+        n = len(self.addresses)
+        for k in range(n):
+            i = (self.index + k) % n
+            addr = self.addresses[i]
+            try:
+                t = await connect(addr, self.config.connect_timeout_secs, self._tls,
+                                  self.config.tls_server_name)
+            except OSError as e:  # refused, unreachable, DNS, timeout, TLS handshake or verification
+                errors.append(f"{addr}: {_describe(e)}")
+                continue
+            if i != self.index:
+                _failover(self.context.metrics, self.context.name, self.addresses[self.index], addr)
+            self.index = i
+            self.transport = t
+            return t
+        raise RetryableSinkError("syslog receiver unreachable: " + "; ".join(errors))
+
+    async def _drop(self) -> None:
+        t, self.transport = self.transport, None
+        if t is not None:
+            await t.close()
+
+    def limit(self, address: Address) -> int:
+        return self.config.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES[address.scheme]
+
+    async def send(self, batch: Batch) -> None:
+        if not batch.events:
+            return
+        transport = await self._ready()
+        pending = self._pending
+        if pending is None or pending.batch is not batch:
+            pending = self._pending = _Pending(batch)
+        key = (transport.stream, self.limit(transport.address))
+        if pending.key != key or pending.encoded is None:
+            framing = self.config.framing if transport.stream else None
+            pending.encoded = self.encoder.encode_batch(batch, key[1], framing)
+            pending.key = key
+            if not pending.counted:
+                pending.counted = True
+                self._count(batch, pending.encoded)
+        try:
+            too_large = await transport.send(pending.encoded.messages[pending.done:],
+                                             self.config.write_timeout_secs)
+        except OSError as e:  # also TimeoutError and ssl.SSLError
+            if not transport.stream:
+                pending.done += transport.progress
+            await self._drop()
+            if len(self.addresses) > 1:
+                self.index = (self.index + 1) % len(self.addresses)
+            raise RetryableSinkError(f"syslog send to {transport.address} failed: {_describe(e)}") from e
+        self._pending = None
+        if too_large:
+            tel.events_dropped(self.context.metrics, "syslog_datagram_too_large", len(too_large),
+                               self.context.name)
+
+    def _count(self, batch: Batch, encoded: Encoded) -> None:
+        m, container = self.context.metrics, batch.container.name
+        for size, limit in encoded.truncated:
+            tel.event_truncated(m, container, "syslog", size, limit)
+        if encoded.bad_timestamps:
+            tel.line_invalid(m, container, "syslog_bad_timestamp", n=encoded.bad_timestamps)
+
+    async def close(self) -> None:
+        await self._drop()

@@ -1,0 +1,223 @@
+"""The Engine API client without a daemon: addressing, TLS, version choice, stream parsing, error mapping."""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from shipper.config import DockerConfig
+from shipper.docker.client import (
+    DockerClient,
+    build_ssl_context,
+    endpoint_from_config,
+    format_since,
+    negotiate_version,
+    since_from_ns,
+    split_json_lines,
+)
+from shipper.errors import ConfigError, ContainerGone, DockerError, DockerUnavailable
+from shipper.telemetry.metrics import Metrics
+from tests.conftest import require
+from tests.unit.docker.helpers import Certs, have_openssl, make_certs
+
+Canned = tuple[DockerClient, Metrics, dict[str, int]]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    require("openssl", have_openssl())
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(autouse=True)
+def _no_docker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_unix_socket_address() -> None:
+    ep = endpoint_from_config(DockerConfig(host="unix:///run/x/docker.sock"))
+    assert ep.unix_path == "/run/x/docker.sock"
+    assert ep.base_url == "http://docker"
+    assert ep.ssl is None
+    assert endpoint_from_config(DockerConfig()).unix_path == "/var/run/docker.sock"
+
+
+def test_docker_host_env_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.5:2375")
+    ep = endpoint_from_config(DockerConfig())
+    assert (ep.base_url, ep.unix_path, ep.ssl) == ("http://10.0.0.5:2375", "", None)
+
+
+def test_tcp_plain_and_default_ports() -> None:
+    assert endpoint_from_config(DockerConfig(host="tcp://dockerhost")).base_url == "http://dockerhost:2375"
+    assert endpoint_from_config(DockerConfig(host="tcp://[::1]:4000")).base_url == "http://[::1]:4000"
+
+
+def test_tls_context_built_from_cert_files(certs: Certs) -> None:
+    cfg = DockerConfig(host="tcp://localhost", tls_ca=str(certs.ca), tls_cert=str(certs.client_cert),
+                       tls_key=str(certs.client_key))
+    ep = endpoint_from_config(cfg)
+    assert ep.base_url == "https://localhost:2376"
+    assert isinstance(ep.ssl, ssl.SSLContext)
+    assert ep.ssl.verify_mode is ssl.CERT_REQUIRED and ep.ssl.check_hostname
+    assert [c["subject"] for c in ep.ssl.get_ca_certs()] == [((("commonName", "shipper-test-ca"),),)]
+
+
+def test_tls_from_docker_environment_variables(monkeypatch: pytest.MonkeyPatch, certs: Certs) -> None:
+    d = Path(tempfile.mkdtemp())
+    for src, name in ((certs.ca, "ca.pem"), (certs.client_cert, "cert.pem"), (certs.client_key, "key.pem")):
+        (d / name).write_bytes(src.read_bytes())
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(d))
+    ep = endpoint_from_config(DockerConfig(host="tcp://localhost:2376"))
+    assert ep.base_url.startswith("https://") and ep.ssl is not None
+    assert len(ep.ssl.get_ca_certs()) == 1
+
+
+def test_tls_verify_off_disables_checks(certs: Certs) -> None:
+    ctx = build_ssl_context(str(certs.ca), "", "", verify=False)
+    assert ctx.verify_mode is ssl.CERT_NONE and not ctx.check_hostname
+
+
+def test_bad_tls_files_name_the_key(tmp_path: Path, certs: Certs) -> None:
+    with pytest.raises(ConfigError) as e:
+        build_ssl_context(str(tmp_path / "missing-ca.pem"), "", "", verify=True)
+    assert e.value.key == "docker.tls_ca"
+    with pytest.raises(ConfigError) as e:
+        wrong_key = str(certs.server_key)
+        build_ssl_context(str(certs.ca), str(certs.client_cert), wrong_key, verify=True)
+    assert e.value.key == "docker.tls_cert"
+
+
+def test_version_negotiation() -> None:
+    assert negotiate_version("1.41", "1.12") == "1.41"
+    assert negotiate_version("1.51", "1.24") == "1.47"  # newer daemon: ours
+    assert negotiate_version("1.52", "1.49") == "1.49"  # a daemon that no longer speaks ours
+    with pytest.raises(DockerError, match="too old"):
+        negotiate_version("1.23")
+    with pytest.raises(DockerError):
+        negotiate_version("v-unknown")
+
+
+def test_since_formats() -> None:
+    assert since_from_ns(1795730082051774009) == "1795730082.051774009"
+    assert since_from_ns(5) == "0.000000005"
+    assert format_since(None) is None
+    assert format_since(12) == "12"
+    assert format_since(1.5) == "1.500000000"
+    assert format_since("2026-01-01T00:00:00Z") == "2026-01-01T00:00:00Z"
+
+
+def test_json_lines_split_across_chunks() -> None:
+    lines, rest = split_json_lines(b"", b'{"a":1}\n{"b"')
+    assert (lines, rest) == ([b'{"a":1}'], b'{"b"')
+    lines, rest = split_json_lines(rest, b":2")
+    assert (lines, rest) == ([], b'{"b":2')
+    lines, rest = split_json_lines(rest, b'}\n\n{"c":3}\n')
+    assert (lines, rest) == ([b'{"b":2}', b'{"c":3}'], b"")
+
+
+async def test_unreachable_socket_is_docker_unavailable(tmp_path: Path) -> None:
+    async with DockerClient.from_config(DockerConfig(host=f"unix://{tmp_path}/none.sock")) as c:
+        with pytest.raises(DockerUnavailable, match="unreachable"):
+            await c.ping()
+        with pytest.raises(DockerUnavailable):
+            await c.list_containers()
+        with pytest.raises(DockerUnavailable):
+            async for _ in c.events():
+                pass
+
+
+# --- against a canned HTTP server ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def canned(tmp_path: Path) -> AsyncIterator[Canned]:
+    """A stand-in daemon on a unix socket. A fake because dockerd never sends a malformed event, a 500, or
+    an event stream cut in the middle of a line, and those are the paths under test here."""
+    hits: dict[str, int] = {"version": 0}
+
+    async def version(_: web.Request) -> web.Response:
+        hits["version"] += 1
+        return web.json_response({"ApiVersion": "1.43", "MinAPIVersion": "1.12"})
+
+    async def events(req: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(req)
+        for part in (b'{"Action":"start","id":"a1","timeNano":1}\n{"Action":', b'"die","id":"a1"}\n',
+                     b"not json\n", b"[1]\n", b'{"Action":"destroy","id":"a1"}\n'):
+            await resp.write(part)
+        if req.query.get("until") == "cut":
+            req.transport.close()  # type: ignore[union-attr]
+            return resp
+        await resp.write_eof()
+        return resp
+
+    async def inspect(req: web.Request) -> web.Response:
+        if req.match_info["id"] == "gone":
+            return web.json_response({"message": "No such container: gone"}, status=404)
+        return web.json_response({"message": "driver failed: disk full"}, status=500)
+
+    async def logs(req: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(req)
+        await resp.write(b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n" * 1000)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1.43/events", events)
+    app.router.add_get("/v1.43/containers/{id}/json", inspect)
+    app.router.add_get("/v1.43/containers/{id}/logs", logs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = tmp_path / "d.sock"
+    site = web.UnixSite(runner, str(sock))
+    await site.start()
+    metrics = Metrics()
+    client = DockerClient.from_config(DockerConfig(host=f"unix://{sock}"), metrics)
+    yield client, metrics, hits
+    await client.close()
+    await runner.cleanup()
+
+
+async def test_events_parsed_across_chunks_and_bad_lines_counted(canned: Canned,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    client, metrics, hits = canned
+    got = [ev async for ev in client.events(filters={"type": "container"})]
+    assert [e["Action"] for e in got] == ["start", "die", "destroy"]
+    assert metrics.get("shipper_docker_events_invalid_total") == 2
+    assert sum("unreadable Docker event" in r.message for r in caplog.records) == 1  # logged once
+    assert client.api_version == "1.43" and hits["version"] == 1
+
+
+async def test_cut_event_stream_is_unavailable(canned: Canned) -> None:
+    client, _, _ = canned
+    got = []
+    with pytest.raises(DockerUnavailable):
+        async for ev in client.events(since=1, until="cut"):  # the fake cuts the stream on this
+            got.append(ev)
+    assert [e["Action"] for e in got] == ["start", "die", "destroy"]
+
+
+async def test_http_errors_carry_the_daemon_message(canned: Canned) -> None:
+    client, _, _ = canned
+    with pytest.raises(ContainerGone, match="No such container: gone"):
+        await client.inspect("gone")
+    with pytest.raises(DockerError, match="HTTP 500: driver failed: disk full") as e:
+        await client.inspect("broken")
+    assert not isinstance(e.value, ContainerGone | DockerUnavailable)
+
+
+async def test_logs_are_raw_chunks(canned: Canned) -> None:
+    client, _, _ = canned
+    chunks = [c async for c in client.logs("x", follow=False, chunk_bytes=4096)]
+    assert b"".join(chunks) == b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n" * 1000
+    assert max(len(c) for c in chunks) <= 4096

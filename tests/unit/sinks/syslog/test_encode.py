@@ -1,0 +1,255 @@
+"""The syslog encoder against exact expected bytes: every header field, SD escaping, framing, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from shipper.event import COMPOSE_PROJECT, COMPOSE_SERVICE, Batch, ContainerMeta, Event
+from shipper.sinks.syslog.encode import (
+    EncoderOptions,
+    Facility,
+    Format,
+    Framing,
+    Severity,
+    SyslogEncoder,
+    Template,
+    check_sd_id,
+    encode_event,
+    escape_param_value,
+    fit_message,
+    json_severity,
+    rfc3164_timestamp,
+    rfc5424_timestamp,
+    sd_name,
+    truncate_utf8,
+)
+
+CID = "0123456789ab" + "c" * 52
+TS = "2024-05-01T12:34:56.123456789Z"
+META = ContainerMeta(id=CID, name="web-1", image="registry.local:5000/shop/web:1.2",
+                     labels={COMPOSE_PROJECT: "shop", COMPOSE_SERVICE: "web"}, host="node-1")
+SD = (f'[docker@32473 id="{CID}" name="web-1" image="registry.local:5000/shop/web:1.2" '
+      'compose_project="shop" compose_service="web"]')
+OPTS = EncoderOptions()
+
+
+def enc(ev: Event, meta: ContainerMeta = META, opts: EncoderOptions = OPTS, **kw: object) -> bytes:
+    return encode_event(opts, meta, ev, **kw)  # type: ignore[arg-type]
+
+
+def test_rfc5424_every_field() -> None:
+    got = enc(Event(TS, "hello world", "stdout"))
+    assert got == f"<134>1 2024-05-01T12:34:56.123456Z node-1 web-1 - stdout {SD} hello world".encode()
+
+
+def test_timestamp_is_truncated_to_microseconds_never_rounded() -> None:
+    assert rfc5424_timestamp("2024-12-31T23:59:59.999999999Z") == "2024-12-31T23:59:59.999999Z"
+    assert rfc5424_timestamp("2024-05-01T12:34:56Z") == "2024-05-01T12:34:56.000000Z"
+    assert rfc5424_timestamp("2024-05-01T12:34:56.5Z") == "2024-05-01T12:34:56.500000Z"
+    assert rfc5424_timestamp("2024-05-01T00:30:00.123+02:00") == "2024-04-30T22:30:00.123000Z"
+    assert rfc5424_timestamp("not a time") == "-"
+
+
+def test_bad_timestamp_is_nil_and_counted() -> None:
+    out = SyslogEncoder(OPTS).encode_batch(Batch(META, [Event("yesterday", "x"), Event(TS, "y")]), 4096, None)
+    assert out.bad_timestamps == 1
+    assert out.messages[0].startswith(b"<134>1 - node-1 web-1 ")
+
+
+def test_sd_param_values_escape_quote_backslash_bracket() -> None:
+    assert escape_param_value('a"b\\c]d') == 'a\\"b\\\\c\\]d'
+    meta = ContainerMeta(id="abc", name="n", image='we"ird\\im]age', host="h")
+    got = enc(Event(TS, "m"), meta)
+    assert got == b'<134>1 2024-05-01T12:34:56.123456Z h n - stdout [docker@32473 id="abc" name="n" ' \
+                  b'image="we\\"ird\\\\im\\]age"] m'
+
+
+def test_labels_go_to_a_second_sd_element_with_safe_names() -> None:
+    long_key = "com.docker.compose.project.working_dir"
+    meta = ContainerMeta(id="abc", name="n", host="h",
+                         labels={"tier": 'front"end]', "a b=c": "v", long_key: "/srv/app"})
+    got = enc(Event(TS, "m"), meta, EncoderOptions(sd_labels=True))
+    short = sd_name(long_key)
+    assert len(short) == 32 and short.startswith("com.docker.compose.proj~")
+    assert short != sd_name(long_key + "2")
+    assert got == (b'<134>1 2024-05-01T12:34:56.123456Z h n - stdout [docker@32473 id="abc" name="n"]'
+                   b'[docker.labels@32473 a_b_c="v" ' + short.encode() + b'="/srv/app" '
+                   b'tier="front\\"end\\]"] m')
+
+
+def test_empty_fields_are_nilvalue() -> None:
+    meta = ContainerMeta(id="abc", name="", host="")
+    got = enc(Event(TS, "", ""), meta, EncoderOptions(host_name=""))
+    assert got == b'<134>1 2024-05-01T12:34:56.123456Z - - - - [docker@32473 id="abc"] '
+
+
+def test_host_falls_back_to_the_daemons_host_name() -> None:
+    meta = ContainerMeta(id="abc", name="n", host="")
+    assert enc(Event(TS, "m"), meta, EncoderOptions(host_name="box")).split(b" ")[2] == b"box"
+
+
+def test_long_app_name_is_cut_to_48_printable_ascii() -> None:
+    meta = ContainerMeta(id="abc", name="a" * 60, host="h")
+    assert enc(Event(TS, "m"), meta).split(b" ")[3] == b"a" * 48
+    meta = ContainerMeta(id="abc", name="caf\u00e9 app", host="h")
+    assert enc(Event(TS, "m"), meta).split(b" ")[3] == b"caf__app"
+
+
+def test_templates_for_app_name_procid_msgid() -> None:
+    opts = EncoderOptions(app_name="{compose.project}-{compose.service}", procid="{container.id:12}",
+                          msgid="{stream}@{host.name}")
+    got = enc(Event(TS, "m", "stderr"), META, opts)
+    assert got.split(b" ")[3:6] == [b"shop-web", b"0123456789ab", b"stderr@node-1"]
+    assert Template("{container.image}").render(META, "h", "stdout") == META.image
+    assert Template("x{compose.service}y").render(ContainerMeta(id="a", name="b"), "h", "s") == "xy"
+
+
+@pytest.mark.parametrize("text", ["{container.nmae}", "{container.name", "a}b", "{}"])
+def test_bad_templates_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError):
+        Template(text)
+
+
+def test_octet_counting_counts_bytes_not_characters() -> None:
+    msg = "\u00e9" * 1000  # 2 bytes each
+    got = enc(Event(TS, msg), framing=Framing.OCTET_COUNTING)
+    header = f"<134>1 2024-05-01T12:34:56.123456Z node-1 web-1 - stdout {SD} ".encode()
+    length = len(header) + 2000
+    assert got == f"{length} ".encode() + header + msg.encode()
+
+
+def test_embedded_newlines_per_framing() -> None:
+    ev = Event(TS, "line one\nline two\n\tat frame")
+    header = f"<134>1 2024-05-01T12:34:56.123456Z node-1 web-1 - stdout {SD} ".encode()
+    raw = b"line one\nline two\n\tat frame"
+    assert enc(ev) == header + raw  # datagram: as is
+    assert enc(ev, framing=Framing.OCTET_COUNTING) == b"%d " % len(header + raw) + header + raw
+    assert enc(ev, framing=Framing.LF) == header + b"line one#012line two#012\tat frame\n"
+
+
+def test_lf_framing_escapes_newlines_in_sd_too() -> None:
+    meta = ContainerMeta(id="abc", name="n", host="h", labels={"note": "two\nlines"})
+    got = enc(Event(TS, "m"), meta, EncoderOptions(sd_labels=True), framing=Framing.LF)
+    assert got.count(b"\n") == 1 and b'note="two#012lines"' in got
+
+
+@pytest.mark.parametrize(("fields", "stream", "pri"), [
+    (None, "stdout", 134),  # local0.info
+    (None, "stderr", 131),  # local0.err
+    ({"level": "warn"}, "stdout", 132),
+    ({"level": "WARNING"}, "stderr", 132),  # the application's own level beats the stream
+    ({"severity": "debug"}, "stdout", 135),
+    ({"log.level": "error"}, "stdout", 131),
+    ({"log": {"level": "critical"}}, "stdout", 130),
+    ({"level": "fatal"}, "stdout", 130),
+    ({"level": "emerg"}, "stdout", 128),
+    ({"level": 50}, "stdout", 131),  # pino/bunyan numbers
+    ({"level": 30}, "stderr", 134),
+    ({"level": "chatty"}, "stderr", 131),  # unknown: back to the stream's severity
+    ({"level": True}, "stdout", 134),
+    ({"msg": "no level"}, "stdout", 134),
+])
+def test_severity_from_json_level_then_stream(fields: dict | None, stream: str, pri: int) -> None:
+    got = enc(Event(TS, "m", stream, fields))
+    assert got.startswith(b"<%d>1 " % pri)
+
+
+def test_facility_and_configured_severities() -> None:
+    opts = EncoderOptions(facility=Facility.DAEMON, severity=Severity.NOTICE,
+                          stderr_severity=Severity.WARNING)
+    assert enc(Event(TS, "m"), opts=opts).startswith(b"<29>1 ")  # 3*8+5
+    assert enc(Event(TS, "m", "stderr"), opts=opts).startswith(b"<28>1 ")
+    assert enc(Event(TS, "m"), opts=EncoderOptions(facility=Facility.LOCAL7)).startswith(b"<190>1 ")
+    assert enc(Event(TS, "m"), opts=EncoderOptions(facility=Facility.KERN)).startswith(b"<6>1 ")
+
+
+def test_severity_aliases_parse_like_config_values() -> None:
+    assert Severity("error") is Severity.ERR
+    assert Severity("Warn") is Severity.WARNING
+    assert Severity("critical") is Severity.CRIT
+    with pytest.raises(ValueError):
+        Severity("loud")
+    assert json_severity({"level": " Info "}) is Severity.INFO
+
+
+def test_truncate_utf8_never_cuts_a_character() -> None:
+    data = "a\u00e9\u20ac\U0001f600".encode()  # 1 + 2 + 3 + 4 bytes
+    assert [truncate_utf8(data, n) for n in range(11)] == [
+        b"", b"a", b"a", data[:3], data[:3], data[:3], data[:6], data[:6], data[:6], data[:6], data]
+    for n in range(11):
+        truncate_utf8(data, n).decode("utf-8")
+
+
+def test_fit_message_never_splits_an_lf_escape() -> None:
+    msg = b"ab\ncd"
+    assert [fit_message(msg, n, True) for n in range(9)] == [
+        b"", b"a", b"ab", b"ab", b"ab", b"ab", b"ab#012", b"ab#012c", b"ab#012cd"]
+
+
+def test_long_message_is_cut_at_a_utf8_boundary_header_and_sd_kept() -> None:
+    header = f"<134>1 2024-05-01T12:34:56.123456Z node-1 web-1 - stdout {SD} ".encode()
+    msg = "x" + "\u00e9" * 2000
+    limit = len(header) + 100  # budget 100: 'x' + 49 'é' is 99 bytes, the 50th would end at 101
+    out = SyslogEncoder(OPTS).encode_batch(Batch(META, [Event(TS, msg)]), limit, Framing.OCTET_COUNTING)
+    body = header + ("x" + "\u00e9" * 49).encode()
+    assert out.messages == [b"%d " % len(body) + body]
+    assert out.truncated == [(len(header) + len(msg.encode()), limit)]
+
+
+def test_message_at_the_limit_is_intact_and_not_counted() -> None:
+    header = f"<134>1 2024-05-01T12:34:56.123456Z node-1 web-1 - stdout {SD} ".encode()
+    limit = len(header) + 10
+    out = SyslogEncoder(OPTS).encode_batch(Batch(META, [Event(TS, "0123456789")]), limit, None)
+    assert out.messages == [header + b"0123456789"] and out.truncated == []
+
+
+def test_header_and_sd_over_the_limit_drop_the_sd_not_the_message() -> None:
+    meta = ContainerMeta(id="abc", name="n", host="h", labels={f"k{i}": "v" * 50 for i in range(20)})
+    encoder = SyslogEncoder(EncoderOptions(sd_labels=True))
+    out = encoder.encode_batch(Batch(meta, [Event(TS, "short")]), 480, None)
+    assert out.messages == [b"<134>1 2024-05-01T12:34:56.123456Z h n - stdout - short"]
+    assert len(out.truncated) == 1
+
+
+def test_bom_is_optional() -> None:
+    got = enc(Event(TS, "m"), opts=EncoderOptions(bom=True))
+    assert got.endswith(f"{SD} ".encode() + b"\xef\xbb\xbfm")
+
+
+def test_rfc3164_exact_bytes() -> None:
+    opts = EncoderOptions(format=Format.RFC3164)
+    assert enc(Event(TS, "hello"), opts=opts) == b"<134>May  1 12:34:56 node-1 web-1: hello"
+    assert enc(Event("2024-12-25T07:08:09.9Z", "x"), opts=opts) == b"<134>Dec 25 07:08:09 node-1 web-1: x"
+    opts = EncoderOptions(format=Format.RFC3164, procid="{container.id:6}", app_name="{container.image}")
+    assert enc(Event(TS, "a\nb", "stderr"), opts=opts, framing=Framing.LF) == \
+        b"<131>May  1 12:34:56 node-1 registry.local_5000_shop_web_1.2[012345]: a#012b\n"
+
+
+def test_rfc3164_timestamp_shapes() -> None:
+    assert rfc3164_timestamp("2024-01-09T00:00:00Z") == "Jan  9 00:00:00"
+    assert rfc3164_timestamp("2024-01-01T00:30:00+01:00") == "Dec 31 23:30:00"
+    assert rfc3164_timestamp("garbage") is None
+
+
+@pytest.mark.parametrize("sd_id", ["docker", "@32473", "docker@", "docker@12a", "do cker@1", 'do"c@1',
+                                   "a-very-long-name-for-an-sd-id@32473"])
+def test_bad_sd_ids_are_rejected(sd_id: str) -> None:
+    with pytest.raises(ValueError):
+        check_sd_id(sd_id)
+
+
+def test_custom_sd_id() -> None:
+    check_sd_id("acme@12345")
+    got = enc(Event(TS, "m"), ContainerMeta(id="abc", name="n", host="h"), EncoderOptions(sd_id="acme@12345"))
+    assert b' [acme@12345 id="abc" name="n"] m' in got
+
+
+def test_batch_reuses_the_container_fragment_across_streams() -> None:
+    encoder = SyslogEncoder(OPTS)
+    events = [Event(TS, f"m{i}", "stderr" if i % 2 else "stdout", seq=i) for i in range(4)]
+    out = encoder.encode_batch(Batch(META, events), 65536, Framing.LF).messages
+    assert [m.split(b" ")[5] for m in out] == [b"stdout", b"stderr", b"stdout", b"stderr"]
+    assert all(m.endswith(b"m%d\n" % i) for i, m in enumerate(out))
+    other = ContainerMeta(id="zzz", name="db", host="h")
+    assert b' db - stdout [docker@32473 id="zzz" name="db"] ' in encoder.encode_batch(
+        Batch(other, [Event(TS, "x")]), 65536, None).messages[0]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from shipper.event import Batch, JsonLinesEncoder
 from shipper.config import SinkBase
+from shipper.event import Batch, JsonLinesEncoder
 from shipper.sinks.base import Sink, SinkContext
 
 

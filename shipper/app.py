@@ -137,7 +137,7 @@ class App:
         """Give the sinks until the deadline to deliver what is buffered."""
         end = time.monotonic() + deadline_secs
         while time.monotonic() < end:
-            pending = {n: r.cursor.pending() for n, r in self.runners.items()}
+            pending = {n: r.cursor.pending() for n, r in self.runners.items() if r.cursor is not None}
             if not any(pending.values()):
                 return
             await asyncio.sleep(0.05)

@@ -81,6 +81,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    cfg = _load_or_exit(args.config)
+    setup_logging(args.log_level or "warning", cfg.telemetry.log_format)
+    from shipper.replay import parse_time, replay
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as e:
+        print(f"shipper: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = run_async(replay(cfg, args.sink, since, until, args.container, args.dry_run,
+                                   args.max_attempts))
+    except ConfigError as e:
+        print(f"shipper: {e}", file=sys.stderr)
+        return 2
+    print(("would send " if args.dry_run else "") + summary.line(), file=sys.stderr)
+    return 1 if summary.failed_events else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shipper", description="Ships Docker container logs; loses nothing.")
     p.add_argument("--version", action="version", version=f"shipper {__version__}")
@@ -95,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", "-c", help="TOML config file")
     c.add_argument("--explain", action="store_true", help="list every config key with its default and meaning")
     c.set_defaults(func=cmd_check)
+
+    rp = sub.add_parser("replay", help="send retained spool events to a sink again")
+    rp.add_argument("--config", "-c", help="TOML config file (the daemon's: it names the spool and the sinks)")
+    rp.add_argument("--sink", required=True, help="the [sinks.NAME] to send to")
+    rp.add_argument("--since", help="from this time: RFC 3339 or relative (30s, 10m, 2h, 1d ago)")
+    rp.add_argument("--until", help="up to (not including) this time")
+    rp.add_argument("--container", help="only containers whose name or id matches this glob")
+    rp.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
+    rp.add_argument("--max-attempts", type=int, default=10, help="give a batch up after this many failures")
+    rp.add_argument("--log-level", help="shipper's own log level (default warning)")
+    rp.set_defaults(func=cmd_replay)
     return p
 
 

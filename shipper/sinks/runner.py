@@ -36,7 +36,8 @@ class Backoff:
 
 
 class SinkRunner:
-    def __init__(self, name: str, sink: Sink, cursor: Cursor, metrics: Metrics) -> None:
+    def __init__(self, name: str, sink: Sink, cursor: Cursor | None, metrics: Metrics) -> None:
+        """`cursor` is None when batches are handed to `deliver` directly (replay)."""
         self.name = name
         self.sink = sink
         self.cursor = cursor
@@ -72,20 +73,25 @@ class SinkRunner:
         self.backoff.reset()
         self._set_state("up")
 
-    async def deliver(self, batch: Batch) -> bool:
-        """Send until delivered (True) or refused for good (False, counted as dropped)."""
+    async def deliver(self, batch: Batch, max_attempts: int | None = None) -> bool:
+        """Send until delivered (True), refused for good (False, counted as dropped), or, when `max_attempts`
+        is given, until that many attempts failed (False: the caller decides; replay reports it)."""
+        attempts = 0
         while True:
+            attempts += 1
             try:
                 await self.sink.send(batch)
-            except RetryableSinkError as e:
-                await self._retry(e)
-                continue
             except FatalSinkError as e:
                 self.last_error = repr(e)
                 tel.events_dropped(self.metrics, "sink_rejected", len(batch), self.name)
                 return False
-            except (OSError, ValueError, UnicodeError) as e:  # a sink bug must not kill the daemon
-                await self._retry(RetryableSinkError(f"unexpected {type(e).__name__}: {e}"))
+            except (RetryableSinkError, OSError, ValueError, UnicodeError) as e:
+                if not isinstance(e, RetryableSinkError):  # a sink bug must not kill the daemon
+                    e = RetryableSinkError(f"unexpected {type(e).__name__}: {e}")
+                if max_attempts is not None and attempts >= max_attempts:
+                    self.last_error = repr(e)
+                    return False
+                await self._retry(e)
                 continue
             self.backoff.reset()
             self._set_state("up")
@@ -95,6 +101,7 @@ class SinkRunner:
             return True
 
     async def run(self) -> None:
+        assert self.cursor is not None
         await self.start()
         while True:
             seq, batch = await self.cursor.next()
@@ -102,5 +109,6 @@ class SinkRunner:
             self.cursor.ack(seq)
 
     def status(self) -> dict[str, object]:
-        return {"state": self.state, "sent_events": self.sent_events, "pending_events": self.cursor.pending(),
+        pending = self.cursor.pending() if self.cursor else 0
+        return {"state": self.state, "sent_events": self.sent_events, "pending_events": pending,
                 "last_error": self.last_error, "last_success": self.last_success}

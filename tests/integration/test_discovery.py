@@ -53,14 +53,14 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture
-async def docker_api(docker_client) -> AsyncIterator[DockerClient]:  # type: ignore[no-untyped-def]
+async def docker_api(docker_client) -> AsyncIterator[DockerClient]:
     client = DockerClient.from_config(DockerConfig(host=f"unix://{DOCKER_SOCK}"))
     yield client
     await client.close()
 
 
 @pytest.fixture
-async def start(docker_client) -> AsyncIterator[Callable[..., Any]]:  # type: ignore[no-untyped-def]
+async def start(docker_client) -> AsyncIterator[Callable[..., Any]]:
     """conftest's run_container, off the event loop, under a label of this module's own: a pytest session
     ending elsewhere on the shared daemon sweeps every `shipper.test` container, and would pull these out
     from under a running test. Removed here at teardown."""
@@ -81,7 +81,7 @@ async def start(docker_client) -> AsyncIterator[Callable[..., Any]]:  # type: ig
 
 
 @pytest.fixture
-def start_rm(docker_client) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
+def start_rm(docker_client) -> Callable[..., Any]:
     """Create and start an auto-removed container; returns its id. Not `containers.run`: it reads the
     container back after starting it, which fails for one that is already gone."""
     api = docker_client.api
@@ -186,7 +186,7 @@ async def proxy() -> AsyncIterator[SocketProxy]:
 # --- ApiDiscovery -----------------------------------------------------------------------------------------
 
 
-async def test_containers_from_before_and_after_the_start_are_seen(start, discoveries) -> None:  # type: ignore[no-untyped-def]
+async def test_containers_from_before_and_after_the_start_are_seen(start, discoveries) -> None:
     before = unique("before")
     exited = unique("exited")
     after = unique("after")
@@ -214,7 +214,7 @@ async def test_containers_from_before_and_after_the_start_are_seen(start, discov
         await col.stop()
 
 
-async def test_rename_yields_the_new_name(start, discoveries, docker_client) -> None:  # type: ignore[no-untyped-def]
+async def test_rename_yields_the_new_name(start, discoveries, docker_client) -> None:
     old, new = unique("old"), unique("new")
     disc = discoveries(config())
     col = Collector(disc)
@@ -230,7 +230,7 @@ async def test_rename_yields_the_new_name(start, discoveries, docker_client) -> 
         await col.stop()
 
 
-async def test_short_lived_auto_removed_container_is_read_before_it_is_gone(start_rm, discoveries) -> None:  # type: ignore[no-untyped-def]
+async def test_short_lived_auto_removed_container_is_read_before_it_is_gone(start_rm, discoveries) -> None:
     """A few ms of life with --rm: the start comes early enough to open its log, which holds all 5 lines."""
     name = unique("brief")
     opened: dict[str, BinaryIO] = {}
@@ -261,7 +261,7 @@ async def test_short_lived_auto_removed_container_is_read_before_it_is_gone(star
 
 
 async def test_unreachable_daemon_is_retried_and_resynced(start, start_rm, discoveries, docker_client,
-                                                          proxy: SocketProxy) -> None:  # type: ignore[no-untyped-def]
+                                                          proxy: SocketProxy) -> None:
     metrics = Metrics()
     cfg = config(host=f"unix://{proxy.path}")
     disc = discoveries(cfg, metrics)
@@ -301,7 +301,7 @@ async def test_unreachable_daemon_is_retried_and_resynced(start, start_rm, disco
 # --- FileDiscovery ----------------------------------------------------------------------------------------
 
 
-async def test_file_discovery_needs_no_socket(start, docker_client) -> None:  # type: ignore[no-untyped-def]
+async def test_file_discovery_needs_no_socket(start, docker_client) -> None:
     require("the Docker data root", os.access(f"{DATA_ROOT}/containers", os.R_OK), "run as root")
     cfg = config(host="unix:///nonexistent/docker.sock")
     disc = FileDiscovery(cfg, Metrics())
@@ -325,7 +325,7 @@ async def test_file_discovery_needs_no_socket(start, docker_client) -> None:  # 
 # --- the client -------------------------------------------------------------------------------------------
 
 
-async def test_client_calls_against_the_daemon(docker_api: DockerClient, start) -> None:  # type: ignore[no-untyped-def]
+async def test_client_calls_against_the_daemon(docker_api: DockerClient, start) -> None:
     assert await docker_api.ping()
     with pytest.raises(ContainerGone, match="No such container"):
         await docker_api.inspect("shipper-no-such-container")
@@ -357,7 +357,7 @@ async def test_client_calls_against_the_daemon(docker_api: DockerClient, start) 
         await docker_api.open_logs("shipper-no-such-container", follow=False)
 
 
-async def test_client_over_tls(docker_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_client_over_tls(docker_client, tmp_path: Path) -> None:
     """The real daemon behind a TLS terminator that demands a client certificate (dockerd here listens on
     its unix socket only, and reconfiguring the shared daemon would disturb other tests)."""
     require("openssl", have_openssl())

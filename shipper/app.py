@@ -22,12 +22,14 @@ from shipper.buffer.base import Buffer
 from shipper.buffer.memory import MemoryBuffer
 from shipper.config import BufferType, Config, Discovery, ReadMode
 from shipper.docker.metadata import ContainerInfo
-from shipper.event import Checkpoint
+from shipper.errors import SpoolError
+from shipper.event import Batch, Checkpoint
 from shipper.sinks import sink_class
 from shipper.sinks.base import SinkContext
 from shipper.sinks.runner import SinkRunner
 from shipper.sources.base import LogSource, SourceContext
 from shipper.sources.offsets import OffsetStore
+from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
 from shipper.transforms.select import Selector
 
@@ -107,8 +109,27 @@ class App:
 
             spool = DiskSpool(self.state_dir / "spool", bc, self.metrics, self._safe)
             await spool.open()
+            for name in spool.known_cursors():
+                if name not in self.config.sinks:
+                    log.warning("sink %s is no longer configured: its spool cursor is dropped, so what it had not "
+                                "delivered no longer holds the spool (replay can still send what is retained)", name)
+                    spool.forget(name)
             return spool
         return MemoryBuffer(self._safe, self.metrics, bc.max_events, bc.max_bytes, bc.when_full)
+
+    async def _push(self, batch: Batch) -> None:
+        """The readers' emit: push into the buffer; while the spool cannot take it (disk full, I/O error) wait
+        and try again, so reading stops and Docker's own files keep the logs meanwhile."""
+        assert self.buffer is not None
+        delay = 0.5
+        while True:
+            try:
+                await self.buffer.push(batch)
+                return
+            except SpoolError as e:
+                tel.spool_push_failed(self.metrics, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _safe(self, cp: Checkpoint) -> None:
         self.offsets.commit(cp)
@@ -168,7 +189,7 @@ class App:
         from shipper.docker.client import DockerClient
         from shipper.docker.discovery import ApiDiscovery
 
-        self.docker = DockerClient.from_config(cfg.docker)
+        self.docker = DockerClient.from_config(cfg.docker, self.metrics)
         return ApiDiscovery(self.docker, cfg, self.metrics)
 
     async def _discover(self) -> None:
@@ -216,7 +237,7 @@ class App:
     def _make_source(self, info: ContainerInfo) -> LogSource | None:
         mode = self.config.docker.read
         assert self.buffer is not None
-        ctx = SourceContext(self.config, self.metrics, self.buffer.push, self.docker)
+        ctx = SourceContext(self.config, self.metrics, self._push, self.docker)
         resume = self.offsets.get(info.meta.id)
         files_ok = info.log_driver == "json-file" and bool(info.log_path) and (
             os.access(info.log_path, os.R_OK) or os.access(os.path.dirname(info.log_path), os.R_OK))

@@ -16,6 +16,8 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TEST_IMAGE = "shipper-test:busybox"
 TEST_LABEL = "shipper.test"
+SESSION = uuid.uuid4().hex[:12]  # this pytest run's containers carry it, so teardown removes only those
+SESSION_LABEL = "shipper.test.session"
 
 
 def require(what: str, ok: bool, why: str = "") -> None:
@@ -63,7 +65,7 @@ def docker_client():  # type: ignore[no-untyped-def]
         client.api.import_image_from_data(_busybox_tar(), repository=repo, tag=tag,
                                           changes=["ENV PATH=/bin"])
     yield client
-    for c in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+    for c in client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={SESSION}"}):
         with contextlib.suppress(Exception):
             c.remove(force=True)
 
@@ -74,7 +76,7 @@ def run_container(docker_client):  # type: ignore[no-untyped-def]
     started = []
 
     def run(command: str, **kwargs):  # type: ignore[no-untyped-def]
-        labels = {TEST_LABEL: "1", **kwargs.pop("labels", {})}
+        labels = {TEST_LABEL: "1", SESSION_LABEL: SESSION, **kwargs.pop("labels", {})}
         kwargs.setdefault("name", f"shipper-test-{uuid.uuid4().hex[:10]}")
         c = docker_client.containers.run(TEST_IMAGE, command, detach=True, labels=labels, **kwargs)
         started.append(c)

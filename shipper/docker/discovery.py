@@ -18,7 +18,8 @@ ApiDiscovery subscribes to `/events` *before* listing, so nothing that happens d
 missed, and drops the duplicates that overlap brings. After a broken stream it subscribes again with
 `since` = the last event seen (dockerd replays its recent events), re-lists, and reconciles: containers
 that vanished meanwhile are removed, new ones started. Ids are never reused, so any event for a container
-already reported removed is ignored.
+already reported removed is ignored. dockerd replays only its last 256 events: after a longer or busier
+outage, a container that lived and was removed entirely within it cannot be seen by anyone.
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ class ApiDiscovery(ContainerDiscovery):
             queue.put_nowait(("error", DockerUnavailable("Docker closed the event stream")))
         except DockerError as e:
             queue.put_nowait(("error", e))
+        except Exception as e:  # whatever broke the stream, the session must hear of it
+            queue.put_nowait(("error", DockerUnavailable(f"event stream failed: {e!r}")))
 
     async def _list(self) -> dict[str, ContainerInfo]:
         """Every container that has (or had) a running process, inspected; gone ones are left out."""
@@ -253,7 +256,13 @@ class ApiDiscovery(ContainerDiscovery):
                 d = await self._client.inspect(cid)
             except ContainerGone:
                 return None
-        return info_from_inspect(d, self._host, self._allow, self._data_root)
+        try:
+            return info_from_inspect(d, self._host, self._allow, self._data_root)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            self._metrics.inc(CONFIG_INVALID)
+            log.warning("skipped an inspect answer of unexpected shape id=%s error=%r (counted in %s)",
+                        cid[:12], e, CONFIG_INVALID)
+            return None
 
     async def _inspect_later(self, cid: str, queue: asyncio.Queue[tuple[str, Any]]) -> None:
         try:

@@ -63,3 +63,10 @@ def sink_state(m: Metrics, sink: str, state: str) -> None:
     """Called on every change of a sink's state (the runner keeps the previous one)."""
     log.info("sink state changed sink=%s state=%s", sink, state)
     m.set("shipper_sink_state", {"starting": 0, "up": 0, "retrying": 1, "failing": 2}[state], sink=sink)
+
+
+def spool_push_failed(m: Metrics, error: BaseException, retry_in: float) -> None:
+    m.inc("shipper_spool_write_errors_total")
+    if _once("spool_push", type(error).__name__):
+        log.error("cannot write to the spool, reading is paused until it can error=%r retry_in=%.1fs "
+                  "(counted in shipper_spool_write_errors_total; Docker keeps the logs meanwhile)", error, retry_in)

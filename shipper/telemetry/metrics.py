@@ -26,6 +26,14 @@ HELP: dict[str, str] = {
     "shipper_buffer_events": "Events in the buffer.",
     "shipper_buffer_bytes": "Bytes in the buffer.",
     "shipper_json_unparsed_total": "Lines that looked like JSON but did not parse; shipped as text.",
+    "shipper_spool_write_errors_total": "Pushes the disk spool refused (disk full, I/O error); reading waited.",
+    "shipper_spool_corrupt_records_total": "Spool records that failed their check and were skipped or cut.",
+    "shipper_spool_corrupt_bytes_total": "Bytes of spool records that failed their check.",
+    "shipper_spool_segments": "Spool segment files on disk.",
+    "shipper_spool_cursor_lag_events": "Events in the spool a sink has not acknowledged yet.",
+    "shipper_docker_events_invalid_total": "Docker events that could not be read (skipped).",
+    "shipper_docker_config_invalid_total": "Container metadata that could not be read (skipped, retried).",
+    "shipper_sink_failovers_total": "Times a sink moved to another of its addresses.",
     "shipper_docker_reconnects_total": "Times the Docker event stream was reconnected.",
 }
 

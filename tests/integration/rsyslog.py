@@ -203,7 +203,7 @@ class Rsyslog:
         except FileNotFoundError:
             return []
         out = []
-        for line in raw.split(b"\n"):
+        for line in raw.split(b"\n")[:-1]:  # the last piece is empty or a line still being written
             if line:
                 rec = json.loads(line)
                 if where is None or where(rec):

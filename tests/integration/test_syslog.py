@@ -335,6 +335,7 @@ async def test_a_receiver_gone_since_the_last_batch_fails_the_next_one(kind: str
         meta = container()
         sink = make_sink(r.address(kind), **with_tls(r, kind, {"connect_timeout_secs": 2}))
         await sink.send(Batch(meta, [Event("2024-05-01T00:00:00Z", "before")]))
+        assert len(await r.wait_records(of(meta), 1, settle=0)) == 1  # read by rsyslog, not just written
         r.stop()  # blocks the loop: the FIN waits unread in the socket
         with pytest.raises(RetryableSinkError):
             await sink.send(Batch(meta, [Event("2024-05-01T00:00:00Z", "after")]))

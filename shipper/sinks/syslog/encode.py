@@ -469,11 +469,11 @@ class SyslogEncoder:
         out: list[bytes] = []
         encoded = Encoded(out)
         for ev in batch.events:
-            sev = json_severity(ev.fields) if ev.fields is not None else None
-            if sev is not None:
-                prefix = prefixes[sev]
-            else:
-                prefix = stderr_prefix if ev.stream == "stderr" else stdout_prefix
+            prefix = stderr_prefix if ev.stream == "stderr" else stdout_prefix
+            if ev.fields is not None:  # the application's own level wins
+                sev = json_severity(ev.fields)
+                if sev is not None:
+                    prefix = prefixes[sev]
             if rfc3164:
                 stamp = rfc3164_timestamp(ev.timestamp)
                 if stamp is None:

@@ -22,7 +22,7 @@ TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # TLS 1.3 finishes the client's handshake before the server has checked the client's certificate: a
 # receiver that refuses it answers with an alert a round trip later, after the first batch would have been
 # written "successfully" into a connection about to close. Wait this long for such an answer first.
-TLS13_REJECT_WAIT_SECS = 0.3
+TLS13_REJECT_WAIT_SECS = 1.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,139 @@
+"""Helpers for the delivery tests: a daemon with a config of the test's own, a reader of sink files that
+survives torn lines, and what can be learnt about a running daemon from outside (its log, its spool)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.integration.harness import Shipper
+
+NUMBER_RE = re.compile(r"\bn=(\d+)\b")
+STATS_RE = re.compile(r"stats containers=\d+ events_read=(\d+) events_sent=(\d+) dropped=(\d+) invalid=(\d+) "
+                      r"buffered=(\d+)")
+GAP_MARK = "lost before it was read"
+
+
+class Daemon(Shipper):
+    """`shipper run` with a config the test writes whole (buffer, telemetry and sinks of its choosing).
+
+    `body` is appended after [docker], [state], [select] and [multiline]; it names every sink. `{out}`,
+    `{state}` and `{tmp}` in it are replaced by the harness's paths.
+    """
+
+    def __init__(self, tmp: Path, body: str, stats_secs: float = 0.0, select_label: str | None = None) -> None:
+        super().__init__(tmp, select_label=select_label)
+        body = body.replace("{out}", str(self.out)).replace("{state}", str(self.state)).replace("{tmp}", str(tmp))
+        self.config.write_text(f"""
+[docker]
+poll_interval_secs = 0.05
+[state]
+dir = "{self.state}"
+flush_interval_secs = 0.2
+[select]
+include_labels = ["shipper.test.run={self.run_id}"]
+[telemetry]
+stats_interval_secs = {stats_secs}
+log_level = "debug"
+[multiline]
+flush_timeout_secs = 0.3
+{body}
+""")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        rc = self.stop(9)
+        assert rc == -9, f"shipper was not running when killed (rc={rc}):\n{self.log_text()[-3000:]}"
+
+    def stats(self) -> dict[str, int]:
+        """The counters of the newest `stats` log line (all zero before the first one)."""
+        found = STATS_RE.findall(self.log_text())
+        keys = ("events_read", "events_sent", "dropped", "invalid", "buffered")
+        values = found[-1] if found else ("0",) * len(keys)
+        return dict(zip(keys, map(int, values), strict=True))
+
+    def spool_bytes(self) -> int:
+        segs = self.state / "spool" / "segments"
+        return sum(p.stat().st_size for p in segs.glob("*.seg")) if segs.exists() else 0
+
+    def ledger(self) -> dict[str, Any]:
+        path = self.state / "spool" / "ledger.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+@dataclass
+class SinkFile:
+    """What a file sink wrote. A line torn by a kill in the middle of a write and then continued by the
+    next run is kept apart (`torn`); the complete event at its end is recovered into `events`."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    torn: list[bytes] = field(default_factory=list)
+
+
+def read_sink(path: Path) -> SinkFile:
+    out = SinkFile()
+    if not path.exists():
+        return out
+    data = path.read_bytes()
+    for line in data[:data.rfind(b"\n") + 1].splitlines():
+        try:
+            out.events.append(orjson.loads(line))
+            continue
+        except orjson.JSONDecodeError:
+            out.torn.append(line)
+        start = line.rfind(b'{"@timestamp"')
+        if start > 0:
+            try:
+                out.events.append(orjson.loads(line[start:]))
+            except orjson.JSONDecodeError:
+                pass
+    return out
+
+
+def by_container(evs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for e in evs:
+        out[e["container"]["name"]].append(e)
+    return out
+
+
+def numbers(messages: list[str]) -> list[int]:
+    """The `n=` number of every message that has one, in order."""
+    return [int(m.group(1)) for msg in messages for m in [NUMBER_RE.search(msg)] if m]
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str, alive: Daemon | None = None,
+               every: float = 0.2) -> None:
+    """Poll `cond`; fail naming `what` (and the daemon's log tail) on timeout or if the daemon exits."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if alive is not None and not alive.running:
+            raise AssertionError(f"shipper exited while waiting for {what}:\n{alive.log_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            tail = alive.log_text()[-3000:] if alive is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+        time.sleep(every)
+
+
+def counting_loop(total: int, text: str = "", burst: int = 0, pause: float = 0.0, then: str = "") -> str:
+    """A busybox sh command printing `n=0 TEXT` .. `n=TOTAL-1 TEXT` as fast as it can, sleeping `pause`
+    after every `burst` lines."""
+    body = f'echo "n=$i{" " + text if text else ""}"; i=$((i+1))'
+    if burst and pause:
+        body += f"; if [ $((i % {burst})) = 0 ]; then sleep {pause}; fi"
+    script = f"i=0; while [ $i -lt {total} ]; do {body}; done"
+    if then:
+        script += f"; {then}"
+    return f"sh -c '{script}'"

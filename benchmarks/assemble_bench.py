@@ -6,14 +6,10 @@ log tree through one LineAssembler per container (taking a batch every --batch e
 end, as a reader does) and prints, per run and as the median: entries/s, us/entry and events out. The
 `loads+add` row also times orjson.loads of each raw json-file line, i.e. what a reader adds on top.
 
-The data is "standard mix v1", written by the shared generator (or benchmarks/workload.py, the same mix):
+The data is "standard mix v1", written by benchmarks/workload.py (run here as a subprocess when DIR holds
+no log tree yet):
 
-    python /work/shared/bench/gen_docker_logs.py /tmp/mix --records 200000 --containers 4
     python benchmarks/assemble_bench.py /tmp/mix --runs 5
-
-or let this script run the generator (as a subprocess) when DIR holds no log tree yet:
-
-    python benchmarks/assemble_bench.py /tmp/mix --generator /work/shared/bench/gen_docker_logs.py
 
 Profile with: python -m cProfile -s tottime benchmarks/assemble_bench.py /tmp/mix --runs 1
 """
@@ -116,8 +112,8 @@ def run_once_with_loads(tree: list[tuple[str, list[bytes]]], batch: int) -> tupl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path, help="log tree (ROOT/containers/<id>/<id>-json.log)")
-    ap.add_argument("--generator", help="write the tree with this script (gen_docker_logs.py or workload.py) "
-                                        "when ROOT holds none")
+    ap.add_argument("--generator", default=str(Path(__file__).with_name("workload.py")),
+                    help="script that writes the tree when ROOT holds none (default: workload.py)")
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--containers", type=int, default=4)
     ap.add_argument("--runs", type=int, default=5)
@@ -125,8 +121,6 @@ def main() -> None:
     a = ap.parse_args()
 
     if not (a.root / "containers").is_dir():
-        if not a.generator:
-            sys.exit(f"{a.root} holds no log tree: pass --generator PATH, or see this script's docstring")
         subprocess.run([sys.executable, a.generator, str(a.root), "--records", str(a.records),
                         "--containers", str(a.containers)], check=True)
 

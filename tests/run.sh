@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup.sh --test
-python3 -m ruff check shipper tests
+python3 -m ruff check shipper tests benchmarks
 python3 -m mypy
 exec python3 -m pytest -ra -p no:cacheprovider "${@:-tests}"

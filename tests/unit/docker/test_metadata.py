@@ -157,7 +157,7 @@ def test_config_files_match_inspect(tmp_path: Path) -> None:
 
 
 def test_config_files_in_the_generated_bench_shape(tmp_path: Path) -> None:
-    """The shape /work/shared/bench/gen_docker_logs.py writes (no LogPath default needed: it is set)."""
+    """The shape benchmarks/workload.py writes (no LogPath default needed: it is set)."""
     cid = "ab" * 32
     d = tmp_path / "containers" / cid
     cfg = {"ID": cid, "Name": "/shop-web-1", "Created": "2026-11-26T21:00:00.000000000Z", "Path": "/app/run",

@@ -23,7 +23,7 @@ def make_asm(metrics: Metrics | None = None, **sections: dict[str, Any]) -> Line
 
 def docker_entries(line: str) -> list[str]:
     """How dockerd's json-file driver stores one written line (with its newline): 16 KiB pieces, every
-    piece but the last without a newline. ASCII/char based, as the shared generator does."""
+    piece but the last without a newline. ASCII/char based, as benchmarks/workload.py does."""
     chunk = line
     out = []
     while len(chunk) > PARTIAL_BYTES:

@@ -1,12 +1,10 @@
 """The reference workload ("standard mix v1") end to end through LineAssembler: every record is one event.
 
-The log tree is written by the shared generator (gen_docker_logs.py, found beside the repository or through
-$SHIPPER_BENCH_GENERATOR) or, where that is absent, by benchmarks/workload.py, which writes the same mix.
+The log tree is written by benchmarks/workload.py, the project's writer of that mix.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -25,12 +23,6 @@ SEQ = re.compile(r"seq=(\d+)-(\d+)")
 
 
 def generator() -> Path:
-    candidates = [os.environ.get("SHIPPER_BENCH_GENERATOR", ""),
-                  str(REPO.parent / "shared" / "bench" / "gen_docker_logs.py"),
-                  "/work/shared/bench/gen_docker_logs.py"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
     return REPO / "benchmarks" / "workload.py"
 
 

@@ -207,6 +207,7 @@ class App:
                 self._start_reader(change.info)
             elif change.info is not None:
                 reader.source.renamed(change.info.meta)
+                reader.source.started()
         elif reader is None:
             return
         elif change.kind in ("rename", "update") and change.info is not None:

@@ -224,7 +224,9 @@ class ApiSource(LogSource):
         self._wake.set()
 
     async def close(self) -> None:
-        """Emit the complete events; open ones stay behind the checkpoint and are re-read after a restart."""
+        """Emit the complete events (open multi-line groups too); a dangling partial line stays behind the
+        checkpoint and is re-read after a restart."""
+        self._asm.flush_complete()
         self._closing = True
         self._wake.set()
         if self._running:

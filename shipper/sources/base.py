@@ -51,6 +51,9 @@ class LogSource(ABC):
         """The container got a new name: events read from now on carry `meta`."""
         self.info.meta = meta
 
+    def started(self) -> None:  # noqa: B027 - optional hook
+        """A stopped container runs again: a stream reader reconnects (a file reader just keeps tailing)."""
+
     @abstractmethod
     def stopped(self) -> None:
         """The container exited: read to the end, flush open partial/multi-line events, then wait."""

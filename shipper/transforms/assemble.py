@@ -277,6 +277,13 @@ class LineAssembler:
                 self._line(st, ts, line, pos, flags | INCOMPLETE)
             self._close_all(st)
 
+    def flush_complete(self) -> None:
+        """On shutdown: ship open multi-line groups (their lines are all complete) but keep dangling partials
+        open, so the checkpoint stays before them. Without this, a line held back in case a stack trace
+        follows would pin the checkpoint, and the other stream's later events would be read twice."""
+        for st in list(self._streams.values()):
+            self._close_all(st)
+
     def has_open(self) -> bool:
         return any(st.state or st.parts is not None for st in self._streams.values())
 

@@ -211,7 +211,9 @@ def test_rotation_during_burst(tmp_path: Path, run_container) -> None:  # type: 
     s.start()
     time.sleep(1)
     total = 20000
-    c = run_container(f"sh -c 'i=0; while [ $i -lt {total} ]; do echo n=$i; i=$((i+1)); done; sleep 60'",
+    # a moment before the burst: discovery must have opened the log before dockerd rotates it (the burst
+    # writes and rotates away 64 KiB files within milliseconds)
+    c = run_container(f"sh -c 'sleep 1; i=0; while [ $i -lt {total} ]; do echo n=$i; i=$((i+1)); done; sleep 60'",
                       labels=s.labels, log_config={"type": "json-file",
                                                    "config": {"max-size": "64k", "max-file": "3"}})
     s.wait_for(lambda e: len(numbered(e, c.name)) >= total or "lost before it was read" in s.log_text(),

@@ -352,3 +352,21 @@ def test_idle_time_counts_from_the_last_line_of_the_group() -> None:
     f.asm.flush_expired(time.monotonic())
     (ev,) = f.take()
     assert ev.message.endswith("ValueError: x") and ev.message.count("\n") == 2
+
+
+def test_flush_complete_ships_held_lines_but_keeps_partials_open() -> None:
+    """At shutdown a held plain line must not pin the checkpoint (the other stream would be read twice)."""
+    asm = make_asm()
+    asm.add(ts(1), "stdout", "plain line held in case a trace follows\n", 0)
+    asm.add(ts(2), "stderr", "err one\n", 100)
+    asm.add(ts(3), "stderr", "err two\n", 200)
+    assert asm.safe_position(300) == 0
+    asm.flush_complete()
+    got = asm.take()
+    assert [e.message for e in got if e.stream == "stdout"] == ["plain line held in case a trace follows"]
+    assert [e.message for e in got if e.stream == "stderr"] == ["err one", "err two"]
+    assert asm.safe_position(300) == 300
+    asm.add(ts(4), "stdout", "a partial without its newline", 300)
+    asm.flush_complete()
+    assert asm.take() == []
+    assert asm.safe_position(400) == 300  # the partial line is re-read after a restart

@@ -75,7 +75,7 @@ def run_container(docker_client):  # type: ignore[no-untyped-def]
     """Start a test container: run_container("sh -c 'seq 5'", name=..., labels=..., **docker_kwargs)."""
     started = []
 
-    def run(command: str, **kwargs):  # type: ignore[no-untyped-def]
+    def run(command: str | list[str], **kwargs):  # type: ignore[no-untyped-def]
         labels = {TEST_LABEL: "1", SESSION_LABEL: SESSION, **kwargs.pop("labels", {})}
         kwargs.setdefault("name", f"shipper-test-{uuid.uuid4().hex[:10]}")
         c = docker_client.containers.run(TEST_IMAGE, command, detach=True, labels=labels, **kwargs)

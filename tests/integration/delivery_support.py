@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import json
 import re
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ flush_timeout_secs = 0.3
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
-        rc = self.stop(9)
+        rc = self.stop(signal.SIGKILL)
         assert rc == -9, f"shipper was not running when killed (rc={rc}):\n{self.log_text()[-3000:]}"
 
     def stats(self) -> dict[str, int]:
@@ -142,8 +143,8 @@ def counting_loop(total: int, text: str = "", burst: int = 0, pause: float = 0.0
 
 
 def assert_exist(containers: list[Any]) -> None:
-    """Fail plainly if a test container vanished (another test session's cleanup removes every container
-    labelled `shipper.test`): otherwise it would look like lines lost by the shipper."""
+    """Fail plainly if a test container vanished (removed by something other than the shipper): otherwise
+    it would look like lines lost by the shipper."""
     import docker.errors
 
     for c in containers:

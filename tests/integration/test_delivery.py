@@ -176,9 +176,17 @@ max_bytes = 0
     lines = d.out.read_bytes().split(b"\n")
     assert lines[-1] == b"", "the file does not end with a whole line"
     whole = [line for line in lines[:-1] if line != fragment]
-    glued = [line for line in whole if not line.endswith(b"}")]
+    glued = [line for line in whole if not parses(line)]
     assert not glued, f"a new event was written onto the torn line: {glued}"
     assert [orjson.loads(line)["message"] for line in whole] == ["n=0 after", "n=1 after"]
+
+
+def parses(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def wait_stable(measure: Callable[[], int], quiet: float, timeout: float, d: Daemon) -> int:
@@ -272,7 +280,7 @@ def test_syslog_down_60s_reading_never_stalls(tmp_path: Path, run_container: Run
     wait_until(file_has_all, 55, "all 50,000 lines in the file sink while rsyslog is down", alive=d)
     file_done = time.monotonic() - down_at
     assert not r.running
-    assert file_msgs(d) | {warm.name: ["warm-up"]} == expected | {warm.name: ["warm-up"]}
+    assert file_msgs(d) == expected | {warm.name: ["warm-up"]}
     fast.reload()
     assert os.path.exists(fast.attrs["LogPath"] + ".1"), "Docker did not rotate: the test proves nothing"
     ledger = d.ledger()["cursors"]
@@ -297,7 +305,9 @@ def test_syslog_down_60s_reading_never_stalls(tmp_path: Path, run_container: Run
     log = d.log_text()
     print(f"\nfast container {40_000 / secs:,.0f} lines/s; file sink complete {file_done:.1f}s into the outage; "
           f"spool peak {peak[0] / 1e6:.1f} MB; rsyslog down {60:.0f}s")
-    assert GAP_MARK not in log and "shipper_log_gap" not in log.replace("counted in shipper_log_gap", "")
+    # telemetry.events.log_gap logs every increment of shipper_log_gap_total (not once per reason), so no
+    # such line means the counter stayed at 0
+    assert GAP_MARK not in log
 
 
 # --- a full spool ----------------------------------------------------------------------------------------
@@ -346,7 +356,9 @@ def test_full_spool_drop_newest_counts_every_drop(tmp_path: Path, run_container:
 
     r.start()
     wait_until(lambda: len(syslog_msgs(r).get(c.name, [])) >= len(kept), 60, "the spool's events in rsyslog", alive=d)
-    time.sleep(1)
+    later = run_container("sh -c 'echo after the spool drained; sleep 60'", labels=d.labels)
+    wait_until(lambda: file_msgs(d).get(later.name) == syslog_msgs(r).get(later.name) == ["after the spool drained"],
+               30, "a new line in both sinks once the spool had room again", alive=d)
     assert syslog_msgs(r)[c.name] == kept
     assert d.stop() == 0
 
@@ -374,7 +386,9 @@ def test_full_spool_block_drops_nothing(tmp_path: Path, run_container: RunContai
     time.sleep(1)
     assert file_msgs(d)[c.name] == want
     assert syslog_msgs(r)[c.name] == want
-    assert d.stats()["dropped"] == 0 and "dropped events" not in d.log_text()
+    stats = d.stats()
+    assert stats["events_read"] == n and stats["dropped"] == 0, stats
+    assert "dropped events" not in d.log_text()
     assert d.stop() == 0
 
 
@@ -382,7 +396,7 @@ def test_full_spool_block_drops_nothing(tmp_path: Path, run_container: RunContai
 
 
 def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def replay(cfg: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -436,7 +450,7 @@ max_bytes = 0
     printed: dict[str, list[str]] = collections.defaultdict(list)
     for line in dry.stdout.splitlines():
         ts, name, stream, msg = line.split(" ", 3)
-        assert stream == "stdout" and since <= ts < until
+        assert stream == "stdout" and parse_time(since) <= parse_time(ts) < parse_time(until)
         printed[name].append(ast.literal_eval(msg))
     assert printed == want
     assert not (tmp_path / "dry.jsonl").exists(), "--dry-run sent something"

@@ -286,9 +286,10 @@ class App:
         m = self.metrics
         while True:
             await asyncio.sleep(self.config.telemetry.stats_interval_secs)
-            log.info("stats containers=%d events_read=%d events_sent=%d dropped=%d invalid=%d buffered=%d",
-                     len(self.readers), m.get("shipper_events_read_total"), m.get("shipper_events_sent_total"),
-                     m.get("shipper_events_dropped_total"), m.get("shipper_lines_invalid_total"),
+            log.info("stats containers=%d events_read=%d events_sent=%d dropped=%d invalid=%d gaps=%d "
+                     "buffered=%d", len(self.readers), m.get("shipper_events_read_total"),
+                     m.get("shipper_events_sent_total"), m.get("shipper_events_dropped_total"),
+                     m.get("shipper_lines_invalid_total"), m.get("shipper_log_gap_total"),
                      m.get("shipper_buffer_events"))
 
     def status(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from shipper.config import ConfigError, SinkBase, doc
 from shipper.errors import RetryableSinkError
 from shipper.event import Batch, JsonLinesEncoder
 from shipper.sinks.base import Sink, SinkContext
+from shipper.telemetry import events as tel
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,30 @@ class FileSink(Sink):
         except OSError as e:
             raise RetryableSinkError(f"cannot open {self.path}: {e}") from e
         self._size = os.fstat(self._fd).st_size
+        self._cut_torn_line()
+
+    def _cut_torn_line(self) -> None:
+        """A crash mid-write leaves a last line without its newline. Its batch was never acked, so it is sent
+        again whole: cut the fragment, or the next event would be glued onto it."""
+        if self._size == 0:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(max(self._size - 1, 0))
+            if f.read(1) == b"\n":
+                return
+            keep = 0
+            pos = self._size
+            while pos > 0 and not keep:
+                start = max(pos - 65536, 0)
+                f.seek(start)
+                chunk = f.read(pos - start)
+                nl = chunk.rfind(b"\n")
+                if nl >= 0:
+                    keep = start + nl + 1
+                pos = start
+        os.truncate(self.path, keep)
+        tel.torn_output_cut(self.context.metrics, self.context.name, self.path, self._size - keep)
+        self._size = keep
 
     def _rotate(self) -> None:
         os.close(self._fd)

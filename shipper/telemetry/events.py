@@ -70,3 +70,9 @@ def spool_push_failed(m: Metrics, error: BaseException, retry_in: float) -> None
     if _once("spool_push", type(error).__name__):
         log.error("cannot write to the spool, reading is paused until it can error=%r retry_in=%.1fs "
                   "(counted in shipper_spool_write_errors_total; Docker keeps the logs meanwhile)", error, retry_in)
+
+
+def torn_output_cut(m: Metrics, sink: str, path: str, nbytes: int) -> None:
+    m.inc("shipper_sink_torn_bytes_total", nbytes, sink=sink)
+    log.warning("cut a torn last line left by a crash sink=%s path=%s bytes=%d (its batch is sent again whole)",
+                sink, path, nbytes)

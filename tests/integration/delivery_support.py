@@ -23,7 +23,7 @@ from tests.integration.harness import Shipper
 
 NUMBER_RE = re.compile(r"\bn=(\d+)\b")
 STATS_RE = re.compile(r"stats containers=\d+ events_read=(\d+) events_sent=(\d+) dropped=(\d+) invalid=(\d+) "
-                      r"buffered=(\d+)")
+                      r"gaps=\d+ buffered=(\d+)")
 GAP_MARK = "lost before it was read"
 
 

@@ -153,9 +153,6 @@ max_bytes = 0
     assert len(nums) - n <= BATCH_MAX_EVENTS, f"{len(nums) - n} of {n} lines sent twice"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="shipper/sinks/file.py start() appends after a torn last line, so the first event of "
-                   "the next run is glued to the fragment")
 @pytest.mark.timeout(60)
 def test_a_line_torn_by_a_kill_does_not_swallow_the_next_event(tmp_path: Path, run_container: RunContainer) -> None:
     """A kill that lands inside the file sink's write() leaves a partial last line; the batch is sent

@@ -38,3 +38,20 @@ async def test_default_path_is_in_state_dir(tmp_path: Path) -> None:
     await sink.send(Batch(META, [Event("t", "x")]))
     await sink.close()
     assert orjson.loads((tmp_path / "events.jsonl").read_bytes())["message"] == "x"
+
+
+async def test_torn_last_line_is_cut_at_start(tmp_path: Path) -> None:
+    """A kill mid-write leaves half a line; the next run must not glue its first event onto it."""
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"message":"whole"}\n{"message":"to')
+    m = Metrics()
+    cfg = load_dict({"sinks": {"f": {"type": "file", "path": str(out)}}}, env={}).sinks["f"]
+    sink = FileSink(cfg, SinkContext("f", tmp_path, "h", m))  # type: ignore[arg-type]
+    await sink.start()
+    await sink.send(Batch(META, [Event("t", "next")]))
+    await sink.close()
+    lines = out.read_bytes().splitlines()
+    assert orjson.loads(lines[0]) == {"message": "whole"}
+    assert orjson.loads(lines[1])["message"] == "next"
+    assert len(lines) == 2
+    assert m.get("shipper_sink_torn_bytes_total") == len(b'{"message":"to')

@@ -75,6 +75,7 @@ class App:
         os.makedirs(self.state_dir, exist_ok=True)
         self.offsets.load()
         self.buffer = await self._open_buffer()
+        self.offsets.flush()  # checkpoints the spool recovered at open are durable before reading starts
         self._make_runners()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):

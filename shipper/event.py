@@ -8,7 +8,7 @@ where it has one (`container.name`, `host.name`, `event.id`, `log.flags`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from enum import IntFlag
 from typing import Any
 
@@ -166,13 +166,21 @@ class JsonLinesEncoder:
 
 
 def encode_record(batch: Batch) -> bytes:
-    """Serialise a batch for the spool (metadata once, then compact event rows)."""
+    """Serialise a batch for the spool (metadata once, then compact event rows, then the checkpoint).
+
+    The checkpoint rides along so that a restart after a crash can tell the readers how far the spool
+    already holds their logs, instead of reading (and sending) it all again.
+    """
     rows = [[ev.timestamp, ev.stream, ev.message, ev.fields, ev.flags, ev.seq] for ev in batch.events]
-    return orjson.dumps([batch.container.to_dict(), rows])
+    cp = batch.checkpoint
+    return orjson.dumps([batch.container.to_dict(), rows, None if cp is None else list(astuple(cp))])
 
 
 def decode_record(payload: bytes) -> Batch:
-    """Inverse of `encode_record`; the checkpoint is not stored (it belongs to the live reader)."""
-    meta_d, rows = orjson.loads(payload)
-    meta = ContainerMeta.from_dict(meta_d)
-    return Batch(meta, [Event(r[0], r[2], r[1], r[3], r[4], r[5]) for r in rows])
+    """Inverse of `encode_record`; also reads the older `[meta, rows]` form, which has no checkpoint."""
+    doc = orjson.loads(payload)
+    if not isinstance(doc, list) or len(doc) not in (2, 3):
+        raise ValueError(f"spool record is not [meta, rows] or [meta, rows, checkpoint]: {type(doc).__name__}")
+    meta = ContainerMeta.from_dict(doc[0])
+    cp = Checkpoint(*doc[2]) if len(doc) == 3 and doc[2] is not None else None
+    return Batch(meta, [Event(r[0], r[2], r[1], r[3], r[4], r[5]) for r in doc[1]], cp)

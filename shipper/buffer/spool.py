@@ -14,6 +14,14 @@ Recovery (`open`): every segment is scanned and every record's CRC checked. A da
 is skipped by resync to the next record whose magic and CRC check out; a torn tail of the newest segment is
 cut off. Both are counted in shipper_spool_corrupt_records_total / _bytes_total and logged once; the rest
 is delivered. A crash re-delivers what was un-acked, plus at most the acks of the loop iteration in flight.
+
+Records carry their batch's checkpoint. A crash between a write and the fsync that would release its
+checkpoint leaves the record intact (kill -9 keeps the page cache) while the reader's offset never moved;
+open() fsyncs such records and hands the newest checkpoint per container to `on_safe`, so the readers do
+not read and send again what the spool already holds. After a power loss the same records are gone, and
+so is the need to skip them. Only records above the ledger's `released` seq are decoded (about one fsync
+interval of writes), and the walk stops at the first gap: past damage the reader reads again (duplicates,
+never loss).
 """
 
 from __future__ import annotations
@@ -176,6 +184,8 @@ class DiskSpool(Buffer):
         self._ledger_dirty = False
         self._ledger_scheduled = False
         self._bad_reads: set[int] = set()
+        self._released_seq = 0  # every record up to here had its checkpoint handed to on_safe
+        self._recovered: list[Checkpoint] = []  # found at open, released once open() is back on the loop
         self._state = "new"
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -190,6 +200,9 @@ class DiskSpool(Buffer):
             self._release_files()
             raise
         self._state = "open"
+        recovered, self._recovered = self._recovered, []
+        for cp in recovered:
+            self.on_safe(cp)
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="spool-ticker")
         self._gauges()
 
@@ -209,6 +222,7 @@ class DiskSpool(Buffer):
                 if self._policy is not FsyncPolicy.NEVER:
                     await self._wait_durable(self._written())
                 self._release(self._written())
+                self._advance_released(self._next_seq - 1)
             finally:
                 self._state = "closed"
                 try:
@@ -266,8 +280,61 @@ class DiskSpool(Buffer):
             active.wfd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
         else:
             self._new_segment()
+        self._recovered = self._unreleased_checkpoints()
         self._ledger.next_seq = self._next_seq
         self._save_ledger()
+
+    def _unreleased_checkpoints(self) -> list[Checkpoint]:
+        """The newest checkpoint per container among the intact records whose checkpoints were not released
+        before the crash, in seq order; fsynced first (unless fsync = "never") so a power loss after this
+        cannot take a record whose offset the reader has already moved past.
+
+        The ledger's `released` mark is deliberately left where it was: the offset store may not have saved
+        these before the next crash, and handing them out again costs nothing (commits only move forward).
+        """
+        first_on_disk = next((s.seqs[0] for s in self._segments if s.seqs), self._next_seq)
+        start = self._ledger.released
+        if start is None:  # no ledger to tell: every record on disk may hold one
+            start = first_on_disk - 1
+        self._released_seq = start
+        found: dict[str, tuple[int, Checkpoint]] = {}
+        touched: list[_Segment] = []
+        expect = start + 1
+        stop = ""
+        for seg in self._segments:
+            if seg.last_seq <= start:
+                continue
+            for i in range(bisect_right(seg.seqs, start), len(seg.seqs)):
+                seq = seg.seqs[i]
+                if seq != expect:
+                    stop = f"records {expect}..{seq - 1} are missing"
+                    break
+                try:
+                    _, batch = fmt.decode(os.pread(seg.rfd(), seg.sizes[i], seg.offsets[i]), seq)
+                except (SpoolCorrupt, OSError) as e:
+                    stop = f"record {seq} does not read back: {e}"
+                    break
+                if not touched or touched[-1] is not seg:
+                    touched.append(seg)
+                cp = batch.checkpoint
+                if cp is not None:
+                    found.pop(cp.container_id, None)  # re-inserted: the dict keeps seq order of the newest
+                    found[cp.container_id] = (seq, cp)
+                expect = seq + 1
+            if stop:
+                break
+        if stop:
+            log.warning("spool recovery hands out checkpoints only up to seq %d (%s): the readers read what "
+                        "follows again (duplicates, never loss) dir=%s", expect - 1, stop, self.directory)
+        if found and self._policy is not FsyncPolicy.NEVER:
+            for seg in touched:
+                os.fsync(seg.rfd())
+            fsync_dir(fmt.segment_dir(self.directory))
+        if found:
+            log.info("spool recovery: %d records were written but not yet marked safe before the last stop; "
+                     "their newest checkpoints go to the readers (containers=%d)", expect - 1 - start,
+                     len(found))
+        return [cp for _, cp in found.values()]
 
     def _load_segment(self, first: int, path: Path, newest: bool, prev_last: int, next_first: int | None,
                       seen: dict[str, dict[str, list[int]]]) -> tuple[_Segment, int]:
@@ -356,6 +423,7 @@ class DiskSpool(Buffer):
                 self._release(mark)
                 if batch.checkpoint is not None:
                     self.on_safe(batch.checkpoint)
+                self._released_seq = seq
             elif batch.checkpoint is not None:
                 self._pending.append((mark, batch.checkpoint))
             self._appended.fire()
@@ -413,7 +481,7 @@ class DiskSpool(Buffer):
             except OSError as e:
                 raise SpoolError(f"cannot fsync spool {old.path}: {e}") from e
             old.dir_synced = True
-        self._mark_synced(end)
+        self._mark_synced(end, old.last_seq)
         if old.wfd is not None:
             os.close(old.wfd)
             old.wfd = None
@@ -438,12 +506,19 @@ class DiskSpool(Buffer):
         else:
             self.on_safe(cp)
 
-    def _mark_synced(self, mark: Mark) -> None:
+    def _mark_synced(self, mark: Mark, seq: int) -> None:
+        """Everything up to `mark` (the end of record `seq`) is durable: release its checkpoints."""
         if mark > self._synced:
             self._synced = mark
         self._last_sync = time.monotonic()
         self._release(self._synced)
+        self._advance_released(seq)
         self._sync_done.fire()
+
+    def _advance_released(self, seq: int) -> None:
+        """Saved in the ledger at the next ack or tick: a lag only means decoding a few more records at open."""
+        if seq > self._released_seq:
+            self._released_seq = seq
 
     async def _sync_once(self) -> None:
         """fsync everything written so far (group commit: one fsync covers every push before it)."""
@@ -452,8 +527,9 @@ class DiskSpool(Buffer):
             return
         active = self._active
         mark = self._written()
+        seq = self._next_seq - 1
         if mark <= self._synced:
-            self._mark_synced(mark)
+            self._mark_synced(mark, seq)
             return
         assert active.wfd is not None
         fd = os.dup(active.wfd)  # the sync thread owns its fd: a rotation may close the original meanwhile
@@ -464,7 +540,7 @@ class DiskSpool(Buffer):
         finally:
             self._syncing = False
             self._sync_done.fire()
-        self._mark_synced(mark)
+        self._mark_synced(mark, seq)
 
     async def _wait_durable(self, mark: Mark) -> None:
         while self._synced < mark:
@@ -492,7 +568,8 @@ class DiskSpool(Buffer):
                     await self._sync_once()
                 if self._reclaim(force=False):
                     self._gauges()
-                if self._ledger_dirty:
+                if self._ledger_dirty or self._ledger.released != self._released_seq:
+                    self._ledger_dirty = True
                     self._flush_ledger()
             except (OSError, SpoolError) as e:
                 log.error("spool background work failed, will retry dir=%s error=%r", self.directory, e)
@@ -559,6 +636,7 @@ class DiskSpool(Buffer):
             log.debug("spool full: dropped segment %s with %d undelivered events for sinks %s",
                       seg.path.name, lost, behind)
         self._release((seg.first_seq, seg.size))
+        self._advance_released(seg.last_seq)
         self._delete(seg)
         return True
 
@@ -708,6 +786,7 @@ class DiskSpool(Buffer):
     def _save_ledger(self, fsync: bool = False) -> None:
         self._ledger.cursors.update({n: c.acked for n, c in self._cursors.items()})
         self._ledger.next_seq = self._next_seq
+        self._ledger.released = self._released_seq
         self._ledger.save(fsync)
         self._ledger_dirty = False
 

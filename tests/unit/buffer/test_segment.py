@@ -3,15 +3,17 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shipper.buffer import segment as fmt
 from shipper.buffer.spool import SpoolReader
-from shipper.event import Batch, Event
+from shipper.event import Batch, Checkpoint, Event
 
 from .conftest import CONTAINERS, config, make_batch, open_spool, segment_files
 
@@ -152,3 +154,28 @@ def test_batch_without_events_round_trips() -> None:
     b = Batch(CONTAINERS["web"], [])
     hdr, back = fmt.decode(fmt.encode(1, 0, b))
     assert (hdr.events, hdr.tmin_ns, hdr.tmax_ns, back.events) == (0, 0, 0, [])
+
+
+def test_payload_carries_the_checkpoint() -> None:
+    """FORMAT.md: the payload is [meta, rows, [container_id, position, file_id]], position int or str."""
+    for cp in (Checkpoint("web-id", 1234, "2049:77"), Checkpoint("api-id", "2024-05-01T10:00:00.5Z")):
+        b = Batch(CONTAINERS["web"], [Event("2024-05-01T10:00:00Z", "m")], cp)
+        rec = fmt.encode(5, 1, b)
+        doc = orjson.loads(rec[52:])
+        assert doc[2] == [cp.container_id, cp.position, cp.file_id]
+        assert fmt.decode(rec)[1].checkpoint == cp
+    none = fmt.encode(6, 1, Batch(CONTAINERS["db"], [Event("t", "m")]), compress=True)
+    assert fmt.decode(none)[1].checkpoint is None
+
+
+def test_old_two_element_payload_still_decodes() -> None:
+    """A record written before payloads carried checkpoints: same header, payload [meta, rows]."""
+    meta = CONTAINERS["web"]
+    payload = orjson.dumps([meta.to_dict(), [["2024-05-01T10:00:00Z", "stderr", "old", {"a": 1}, 2, 7]]])
+    rec = bytearray(fmt.encode(9, 1, Batch(meta, [Event("2024-05-01T10:00:00Z", "x")])))
+    head = bytearray(rec[:52])
+    struct.pack_into("<I", head, 8, len(payload))
+    struct.pack_into("<I", head, 4, zlib.crc32(payload, zlib.crc32(bytes(head[8:52]))))
+    hdr, back = fmt.decode(bytes(head) + payload)
+    assert hdr.seq == 9 and back.checkpoint is None and back.container == meta
+    assert back.events == [Event("2024-05-01T10:00:00Z", "old", "stderr", {"a": 1}, 2, 7)]

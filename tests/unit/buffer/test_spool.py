@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,15 +10,18 @@ import textwrap
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from shipper.buffer import segment as fmt
 from shipper.buffer.spool import DiskSpool, SpoolReader
-from shipper.config import FsyncPolicy, WhenFull
+from shipper.config import BufferConfig, FsyncPolicy, WhenFull
 from shipper.errors import SpoolError
+from shipper.event import Checkpoint
 from shipper.telemetry.metrics import Metrics
 
 from .conftest import (
+    CONTAINERS,
     all_raw_records,
     batch_id,
     config,
@@ -366,7 +370,7 @@ async def test_gauges_and_stats(tmp_path: Path) -> None:
 
 
 async def test_unreadable_ledger_redelivers_everything(tmp_path: Path) -> None:
-    o = await open_spool(tmp_path, config())
+    o = await open_spool(tmp_path, config(segment_bytes=1 << 16))  # one segment: acks delete nothing
     o.spool.cursor("s")
     for k in range(3):
         await o.spool.push(make_batch(k))
@@ -374,7 +378,7 @@ async def test_unreadable_ledger_redelivers_everything(tmp_path: Path) -> None:
     await o.spool.push(make_batch(3))
     await o.spool.close()
     (tmp_path / "ledger.json").write_bytes(b"{not json")
-    o2 = await open_spool(tmp_path, config())
+    o2 = await open_spool(tmp_path, config(segment_bytes=1 << 16))
     assert corrupt_count(o2.metrics) == 0  # no record lost...
     assert await drain(o2.spool, "s") == [0, 1, 2, 3]  # ...duplicates instead
     await o2.spool.close()
@@ -465,3 +469,129 @@ def test_sigkill_loses_nothing_made_safe(tmp_path: Path) -> None:
     assert safe - set(acked) - set(again) == set(), "a batch made safe was lost"
     assert again == sorted(again)
     assert len(set(again) & set(acked)) <= 2  # re-delivered: at most the acks in flight at the kill
+
+
+# --- a crash before the checkpoints were released ---------------------------------------------------------
+
+
+def crash_image(src: Path, dst: Path) -> Path:
+    """What a kill -9 leaves: the files exactly as written (the page cache outlives the process), with no
+    close, no final fsync and no ledger save. Copied because the spool object that wrote them still holds
+    the directory's flock in this process."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+async def reopen(directory: Path, cfg: BufferConfig, got: list[Checkpoint]) -> DiskSpool:
+    sp = DiskSpool(directory, cfg, Metrics(), got.append)
+    await sp.open()
+    return sp
+
+
+PUSHES = [(0, "web"), (1, "db"), (2, "web"), (3, "worker"), (4, "db")]
+
+
+def cp(k: int, container: str) -> Checkpoint:
+    return Checkpoint(CONTAINERS[container].id, k)
+
+
+async def test_crash_before_the_tick_hands_out_the_newest_checkpoint_per_container(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(fsync=FsyncPolicy.INTERVAL, fsync_interval_secs=30.0, segment_bytes=1 << 16)
+    spy = FsyncSpy(monkeypatch)
+    sp = DiskSpool(tmp_path / "live", cfg, Metrics(), spy.safe)
+    await sp.open()
+    for k, c in PUSHES:
+        await sp.push(make_batch(k, container=c))
+    assert not any(e != "fsync" for e in spy.log), "released before a tick: nothing to test"
+    image = crash_image(tmp_path / "live", tmp_path / "crashed")
+    got: list[Checkpoint] = []
+    again = await reopen(image, cfg, got)
+    assert got == [cp(2, "web"), cp(3, "worker"), cp(4, "db")], "not the newest per container, in push order"
+    spy.log.clear()
+    again2 = DiskSpool(crash_image(image, tmp_path / "again"), cfg, Metrics(), spy.safe)
+    await again2.open()
+    assert spy.log[-3:] == [("safe", 2), ("safe", 3), ("safe", 4)]
+    assert spy.log[0] == "fsync", "checkpoints handed out before the records were fsynced"
+    await again2.close()
+    assert await drain(again, "s") == [k for k, _ in PUSHES], "the records themselves are still delivered"
+    await again.close()
+    await sp.close()
+    got.clear()
+    await (await reopen(tmp_path / "live", cfg, got)).close()
+    assert got == [], "a clean close released everything: nothing to hand out again"
+
+
+async def test_a_crash_loop_hands_them_out_every_time_until_a_tick(tmp_path: Path) -> None:
+    cfg = config(fsync=FsyncPolicy.INTERVAL, fsync_interval_secs=30.0, segment_bytes=1 << 16)
+    live = DiskSpool(tmp_path / "0", cfg, Metrics(), lambda _: None)
+    await live.open()
+    for k, c in PUSHES[:3]:
+        await live.push(make_batch(k, container=c))
+    want = [cp(1, "db"), cp(2, "web")]
+    d = crash_image(tmp_path / "0", tmp_path / "1")
+    for run in range(2, 4):  # each run dies before its first tick: the next one must still know
+        got: list[Checkpoint] = []
+        sp = await reopen(d, cfg, got)
+        assert got == want, f"run {run}"
+        d = crash_image(d, tmp_path / str(run))
+        await sp.close()
+    await live.close()
+
+
+async def test_only_records_after_the_last_tick_are_handed_out_again(tmp_path: Path) -> None:
+    cfg = config(fsync=FsyncPolicy.INTERVAL, fsync_interval_secs=0.05, segment_bytes=1 << 16)
+    safe: list[Checkpoint] = []
+    sp = await reopen(tmp_path / "live", cfg, safe)
+    for k, c in PUSHES[:3]:
+        await sp.push(make_batch(k, container=c))
+    ledger = tmp_path / "live" / "ledger.json"
+    deadline = time.monotonic() + 3
+    while orjson.loads(ledger.read_bytes()).get("released", 0) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert safe == [cp(k, c) for k, c in PUSHES[:3]]
+    assert orjson.loads(ledger.read_bytes())["released"] == 3, "the tick did not record what it released"
+    sp._ticker.cancel()  # type: ignore[union-attr]  # no further tick: the next push stays unreleased
+    await sp.push(make_batch(3, container="worker"))
+    got: list[Checkpoint] = []
+    again = await reopen(crash_image(tmp_path / "live", tmp_path / "crashed"), cfg, got)
+    assert got == [cp(3, "worker")], "records released before the crash were handed out again"
+    await again.close()
+    await sp.close()
+
+
+async def test_recovery_hands_out_nothing_past_damage(tmp_path: Path) -> None:
+    cfg = config(fsync=FsyncPolicy.INTERVAL, fsync_interval_secs=30.0, segment_bytes=1 << 16)
+    live = DiskSpool(tmp_path / "live", cfg, Metrics(), lambda _: None)
+    await live.open()
+    for k, c in PUSHES:
+        await live.push(make_batch(k, container=c))
+    image = crash_image(tmp_path / "live", tmp_path / "crashed")
+    bad = next(r for r in all_raw_records(image) if batch_id(r.batch) == 2)
+    flip_byte(bad.path, bad.offset + bad.size - 3)
+    got: list[Checkpoint] = []
+    sp = await reopen(image, cfg, got)
+    # the reader resumes after batch 1 at most: batches 3 and 4 are read again (duplicates, never loss)
+    assert got == [cp(0, "web"), cp(1, "db")]
+    assert await drain(sp, "s") == [0, 1, 3, 4]
+    await sp.close()
+    await live.close()
+
+
+async def test_records_of_an_older_ledger_are_not_decoded_at_open(tmp_path: Path) -> None:
+    """A ledger from before records carried checkpoints has no `released`: its records hold none."""
+    cfg = config(fsync=FsyncPolicy.INTERVAL, fsync_interval_secs=30.0)
+    live = DiskSpool(tmp_path / "live", cfg, Metrics(), lambda _: None)
+    await live.open()
+    await live.push(make_batch(0))
+    image = crash_image(tmp_path / "live", tmp_path / "crashed")
+    doc = orjson.loads((image / "ledger.json").read_bytes())
+    doc["next_seq"] = 2
+    del doc["released"]
+    (image / "ledger.json").write_bytes(orjson.dumps(doc))
+    got: list[Checkpoint] = []
+    sp = await reopen(image, cfg, got)
+    assert got == []
+    assert orjson.loads((image / "ledger.json").read_bytes())["released"] == 1
+    await sp.close()
+    await live.close()

@@ -21,7 +21,7 @@ from typing import Any
 from shipper.buffer.base import Buffer
 from shipper.buffer.memory import MemoryBuffer
 from shipper.config import BufferType, Config, Discovery, ReadMode
-from shipper.docker.metadata import ContainerInfo
+from shipper.docker.metadata import ContainerInfo, own_container_id
 from shipper.errors import SpoolError
 from shipper.event import Batch, Checkpoint
 from shipper.sinks import sink_class
@@ -58,6 +58,7 @@ class App:
         self.readers: dict[str, Reader] = {}
         self.removed_at: dict[str, float] = {}
         self.selector = Selector(self.config.select)
+        self.own_id = None if self.config.select.include_self else own_container_id()
         self.docker: Any = None
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -222,6 +223,8 @@ class App:
     def _start_reader(self, info: ContainerInfo) -> None:
         meta = info.meta
         ok, reason = self.selector.decide(meta)
+        if meta.id == self.own_id:
+            ok, reason = False, "shipper's own container (select.include_self = false)"
         if not ok:
             log.debug("not shipping container name=%s id=%s reason=%s", meta.name, meta.id[:12], reason)
             return

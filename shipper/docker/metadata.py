@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -184,3 +185,20 @@ def info_from_config_files(container_dir: Path, host: str, env_allowlist: list[s
                            env_allowlist, root)
     except (AttributeError, TypeError) as e:  # a field of the wrong type
         raise ValueError(f"unexpected shape: {e}") from None
+
+
+_CONTAINER_ID = re.compile(r"(?:/docker/|/docker-|containers/)([0-9a-f]{64})")
+
+
+def own_container_id(cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The id of the container shipper itself runs in, if any (cgroup v1 path, else the mount of its
+    /etc/hostname under containers/<id>/ for cgroup v2), so its own logs are not shipped in a loop."""
+    for path in (cgroup, mountinfo):
+        try:
+            with open(path) as f:
+                m = _CONTAINER_ID.search(f.read())
+        except OSError:
+            continue
+        if m:
+            return m.group(1)
+    return None

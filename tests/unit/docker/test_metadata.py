@@ -205,3 +205,18 @@ def test_same_as_ignores_timestamps_only() -> None:
     assert a.same_as(b)
     b.tty = True
     assert not a.same_as(b)
+
+
+def test_own_container_id_from_cgroup_v1_and_mountinfo(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from shipper.docker.metadata import own_container_id
+
+    cid = "a" * 64
+    v1 = tmp_path / "cgroup"
+    v1.write_text(f"12:pids:/docker/{cid}\n11:memory:/docker/{cid}\n")
+    assert own_container_id(str(v1), str(tmp_path / "none")) == cid
+    v2 = tmp_path / "mountinfo"
+    v2.write_text(f"652 630 0:52 /var/lib/docker/containers/{cid}/hostname /etc/hostname rw - ext4 /dev/vda1\n")
+    empty = tmp_path / "empty"
+    empty.write_text("0::/\n")
+    assert own_container_id(str(empty), str(v2)) == cid
+    assert own_container_id(str(empty), str(empty)) is None

@@ -2,8 +2,8 @@
 
     python benchmarks/spool_bench.py [--batches 400] [--batch-events 256] [--runs 3] [--dir DIR]
 
-Reference mix (message sizes): plain text 90-170 B 64.4%, JSON 150-260 B 25% (parsed into `fields`, as
-json.mode='field' does), stack traces 9%, 1-8 KiB 1.5%, 20-60 KiB 0.1%. Prints, per fsync policy, the
+The events are the reference workload's ("standard mix v1", benchmarks/workload.py), one per logical
+record as the readers build them: stack traces merged, JSON logs parsed into `fields`. Prints, per fsync policy, the
 median of the runs: events/s and MB/s (spool bytes on disk) for writing (push until the last returns, then
 the close that makes it all durable) and for reading (next + ack per batch).
 """
@@ -23,60 +23,37 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload
 
 from shipper.buffer.spool import DiskSpool
 from shipper.config import BufferConfig, FsyncPolicy
 from shipper.event import Batch, Checkpoint, ContainerMeta, Event
 from shipper.telemetry.metrics import Metrics
 
-WORDS = ("request", "user", "id", "served", "GET", "/api/v1/items", "status", "200", "latency", "ms",
-         "cache", "miss", "db", "query", "ok", "retry", "worker", "job", "done", "queued")
-
-
-def _text(rng: random.Random, size: int) -> str:
-    out = []
-    n = 0
-    while n < size:
-        w = rng.choice(WORDS)
-        out.append(w)
-        n += len(w) + 1
-    return " ".join(out)[:size]
-
-
-def _stack(rng: random.Random) -> str:
-    lines = ["Exception in thread \"main\" java.lang.IllegalStateException: " + _text(rng, 60)]
-    for i in range(rng.randint(8, 40)):
-        lines.append(f"\tat com.example.service.Handler{i}.process(Handler{i}.java:{rng.randint(10, 900)})")
-    return "\n".join(lines)
-
-
-def make_event(rng: random.Random, t: float, seq: int) -> Event:
-    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e9):09d}Z"
-    r = rng.random() * 100
-    if r < 25:
-        doc = {"level": "info", "msg": _text(rng, rng.randint(60, 140)), "user": rng.randint(1, 10**6),
-               "latency_ms": rng.randint(1, 900)}
-        line = json.dumps(doc)
-        return Event(ts, line, "stdout", doc, 0, seq)
-    if r < 34:
-        return Event(ts, _stack(rng), "stderr", None, 2, seq)
-    if r < 35.5:
-        return Event(ts, _text(rng, rng.randint(1024, 8192)), "stdout", None, 0, seq)
-    if r < 35.6:
-        return Event(ts, _text(rng, rng.randint(20 * 1024, 60 * 1024)), "stdout", None, 1, seq)
-    return Event(ts, _text(rng, rng.randint(90, 170)), "stdout", None, 0, seq)
-
 
 def make_batches(n: int, per_batch: int, seed: int = 7) -> list[Batch]:
+    """Batches of events as the readers build them from the reference workload (benchmarks/workload.py):
+    one event per logical record, a stack trace merged into one, JSON logs parsed into `fields`."""
     rng = random.Random(seed)
     metas = [ContainerMeta(f"{i:064x}", f"app-{i}", "example/app:1.2",
                            {"com.docker.compose.service": f"s{i}"}, "host-1") for i in range(8)]
-    t = time.time()
+    ns = workload.T0_NS
     out = []
     for b in range(n):
-        meta = metas[b % len(metas)]
-        events = [make_event(rng, t + (b * per_batch + i) * 1e-4, i) for i in range(per_batch)]
-        out.append(Batch(meta, events, Checkpoint(meta.id, b)))
+        c = b % len(metas)
+        events = []
+        for i in range(per_batch):
+            lines = workload.record_lines(rng, c, b * per_batch + i)
+            ns += rng.randint(1_000, 2_000_000)
+            msg = "".join(lines)[:-1]
+            if msg.startswith("{"):
+                events.append(Event(workload.rfc3339(ns), msg, "stdout", json.loads(msg), 0, 0))
+            else:
+                events.append(Event(workload.rfc3339(ns), msg, "stderr" if len(lines) > 1 else "stdout", None,
+                                    2 if len(lines) > 1 else 0, 0))
+        out.append(Batch(metas[c], events, Checkpoint(metas[c].id, b)))
     return out
 
 

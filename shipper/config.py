@@ -234,7 +234,6 @@ class InputConfig:
     max_event_bytes: int = doc(1024 * 1024, "longest event message; longer ones are truncated and flagged")
     read_chunk_bytes: int = doc(256 * 1024, "bytes read from a log file at a time")
     batch_max_events: int = doc(2048, "most events in one batch between stages")
-    batch_timeout_secs: float = doc(0.2, "longest a partly filled batch waits before moving on")
 
     def validate(self, key: str) -> None:
         if self.max_event_bytes < 1024:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -35,7 +36,19 @@ from shipper.transforms.select import Selector
 
 log = logging.getLogger("shipper")
 SHUTDOWN_DRAIN_SECS = 10.0
+GC_THRESHOLDS = (50_000, 20, 100)  # see tune_gc
 FORGET_REMOVED_AFTER_SECS = 300.0  # offsets of removed containers are kept this long, then pruned
+
+
+def tune_gc() -> None:
+    """The hot path allocates millions of short-lived objects (entries, events) that reference counting frees
+    at once; with CPython's default threshold (700) the cyclic collector still runs thousands of times a
+    second and walks every live object. Freezing what start-up built and raising the first threshold cut
+    CPU per entry by 10% (memory buffer) to 17% (disk spool) on the reference workload (medians of 5 and 3
+    whole-process runs of benchmarks/pipeline_bench.py)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass
@@ -74,6 +87,7 @@ class App:
     async def run(self) -> None:
         """Run until request_stop(); then shut down in order."""
         os.makedirs(self.state_dir, exist_ok=True)
+        tune_gc()
         self.offsets.load()
         self.buffer = await self._open_buffer()
         self.offsets.flush()  # checkpoints the spool recovered at open are durable before reading starts

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
+RUNNING: set[Shipper] = set()  # daemons still running; tests/integration/conftest.py kills them after each test
 
 
 class Shipper:
@@ -58,10 +59,12 @@ max_bytes = 0
         self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "shipper", "run", "--config", str(self.config)],
                                      stdout=self._logf, stderr=subprocess.STDOUT, cwd=self.tmp)
+        RUNNING.add(self)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None
+        RUNNING.discard(self)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:

@@ -261,7 +261,7 @@ def test_syslog_down_60s_reading_never_stalls(tmp_path: Path, run_container: Run
     spool_before = d.spool_bytes()
 
     fast_line = "fast " + "x" * 60
-    fast = run_container(counting_loop(40_000, fast_line, burst=500, pause=0.05), labels=d.labels,
+    fast = run_container(counting_loop(40_000, fast_line, burst=1000, pause=0.075), labels=d.labels,
                          log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "2"}})
     slow = [run_container(counting_loop(5_000, "slow", burst=100, pause=0.5), labels=d.labels) for _ in range(2)]
     expected = {fast.name: [f"n={i} {fast_line}" for i in range(40_000)],

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +101,7 @@ class App:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
                 sink_tasks = [tg.create_task(r.run(), name=f"sink:{n}") for n, r in self.runners.items()]
-                background = [tg.create_task(self._discover(), name="discovery"),
+                background = [tg.create_task(self._supervised("discovery", self._discover), name="discovery"),
                               tg.create_task(self._save_offsets_periodically(), name="offsets")]
                 if self.config.telemetry.stats_interval_secs > 0:
                     background.append(tg.create_task(self._log_stats(), name="stats"))
@@ -207,6 +208,19 @@ class App:
 
         self.docker = DockerClient.from_config(cfg.docker, self.metrics)
         return ApiDiscovery(self.docker, cfg, self.metrics)
+
+    async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a long-lived task, restarting it with backoff if it fails: one bug must not stop the daemon."""
+        delay = 1.0
+        while True:
+            try:
+                await run()
+                return
+            except Exception:
+                self.metrics.inc("shipper_task_restarts_total", task=name)
+                log.exception("task failed, restarting it task=%s retry_in=%.0fs", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _discover(self) -> None:
         discovery = self._discovery()

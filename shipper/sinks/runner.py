@@ -85,8 +85,8 @@ class SinkRunner:
                 self.last_error = repr(e)
                 tel.events_dropped(self.metrics, "sink_rejected", len(batch), self.name)
                 return False
-            except (RetryableSinkError, OSError, ValueError, UnicodeError) as e:
-                if not isinstance(e, RetryableSinkError):  # a sink bug must not kill the daemon
+            except Exception as e:  # anything else is retried too: a sink bug must not kill the daemon
+                if not isinstance(e, RetryableSinkError):
                     e = RetryableSinkError(f"unexpected {type(e).__name__}: {e}")
                 if max_attempts is not None and attempts >= max_attempts:
                     self.last_error = repr(e)

@@ -35,6 +35,7 @@ HELP: dict[str, str] = {
     "shipper_docker_config_invalid_total": "Container metadata that could not be read (skipped, retried).",
     "shipper_sink_failovers_total": "Times a sink moved to another of its addresses.",
     "shipper_sink_torn_bytes_total": "Bytes of a torn last line (left by a crash) a file sink cut at start.",
+    "shipper_task_restarts_total": "Times a long-lived task failed and was restarted.",
     "shipper_docker_reconnects_total": "Times the Docker event stream was reconnected.",
 }
 

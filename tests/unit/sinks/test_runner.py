@@ -87,3 +87,11 @@ def test_backoff_is_capped_with_jitter() -> None:
     assert delays[-1] >= 2.0
     b.reset()
     assert b.next_delay() <= 0.5
+
+
+async def test_unexpected_exception_is_retried_not_fatal_to_the_daemon() -> None:
+    sink = FlakySink([None, KeyError, None])
+    runner, safe, m = await _run(sink, 2)
+    assert sink.delivered == ["m0", "m1"]
+    assert safe == [0, 1]
+    assert "unexpected KeyError" in runner.last_error

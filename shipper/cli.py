@@ -58,12 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     app = App(cfg)
     for name, sc in cfg.sinks.items():
-        where = getattr(app, "state_dir", "")
-        if sc.type == "file":
-            where = getattr(sc, "path", "") or f"{app.state_dir}/events.jsonl"
-        log.info("sink %s type=%s %s", name, sc.type, f"writing to {where}" if sc.type == "file" else "")
-    log.info("shipper %s starting: docker=%s discovery=%s read=%s state=%s buffer=%s", __version__,
-             cfg.docker.resolved_host() if cfg.docker.discovery.value == "api" else cfg.docker.data_root,
+        where = f" writing to {getattr(sc, 'path', '') or app.state_dir / 'events.jsonl'}" if sc.type == "file" else ""
+        log.info("sink %s type=%s%s", name, sc.type, where)
+    source = cfg.docker.resolved_host() if cfg.docker.discovery.value == "api" else cfg.docker.data_root
+    log.info("shipper %s starting: docker=%s discovery=%s read=%s state=%s buffer=%s", __version__, source,
              cfg.docker.discovery.value, cfg.docker.read.value, app.state_dir, cfg.buffer.type.value)
     run_async(app.run())
     return 0

@@ -92,6 +92,7 @@ def test_backoff_is_capped_with_jitter() -> None:
 async def test_unexpected_exception_is_retried_not_fatal_to_the_daemon() -> None:
     sink = FlakySink([None, KeyError, None])
     runner, safe, m = await _run(sink, 2)
+    assert m.get("shipper_sink_retries_total") == 1
     assert sink.delivered == ["m0", "m1"]
     assert safe == [0, 1]
     assert "unexpected KeyError" in runner.last_error

@@ -8,7 +8,7 @@ where it has one (`container.name`, `host.name`, `event.id`, `log.flags`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from enum import IntFlag
 from typing import Any
 
@@ -93,12 +93,15 @@ class Checkpoint:
     """Where a reader may resume once the batch that carries it is safe (durable or delivered).
 
     `position` is a byte offset for json-file readers and a timestamp for API readers; `file_id` tells
-    which file the offset belongs to (device and inode), so rotation cannot confuse it.
+    which file the offset belongs to (device and inode), so rotation cannot confuse it. `streams` is set when
+    one stream has an open event while the other has shipped past it: per stream, the [file_id, offset]
+    where its own unshipped entries start, so a restart from `position` skips what that stream shipped.
     """
 
     container_id: str
     position: int | str
     file_id: str = ""
+    streams: dict[str, list[Any]] | None = None
 
 
 @dataclass(slots=True)
@@ -173,7 +176,10 @@ def encode_record(batch: Batch) -> bytes:
     """
     rows = [[ev.timestamp, ev.stream, ev.message, ev.fields, ev.flags, ev.seq] for ev in batch.events]
     cp = batch.checkpoint
-    return orjson.dumps([batch.container.to_dict(), rows, None if cp is None else list(astuple(cp))])
+    if cp is None:
+        return orjson.dumps([batch.container.to_dict(), rows, None])
+    fields = [cp.container_id, cp.position, cp.file_id] + ([cp.streams] if cp.streams else [])
+    return orjson.dumps([batch.container.to_dict(), rows, fields])
 
 
 def decode_record(payload: bytes) -> Batch:

@@ -275,13 +275,35 @@ class JsonFileSource(LogSource):
         self._emitting = False
 
     def _checkpoint(self) -> Checkpoint:
-        safe = self._asm.safe_position(self._vbase + self._consumed)
+        current = self._vbase + self._consumed
+        safe = self._asm.safe_position(current)
         assert isinstance(safe, int)
         gen = safe >> GEN_SHIFT
         for g in [g for g in self._gens if g < gen]:
             del self._gens[g]
         f = self._gens.get(gen)
-        return Checkpoint(self.meta.id, safe & OFFSET_MASK, f.file_id() if f is not None else "")
+        streams = None
+        per = self._asm.safe_positions(current)
+        if any(p != safe for p in per.values()):  # one stream shipped past the other's open event
+            streams = {}
+            for name, p in per.items():
+                pf = self._gens.get(int(p) >> GEN_SHIFT)
+                if pf is not None:
+                    streams[name] = [pf.file_id(), int(p) & OFFSET_MASK]
+        return Checkpoint(self.meta.id, safe & OFFSET_MASK, f.file_id() if f is not None else "", streams)
+
+    def _skip_shipped(self) -> None:
+        """Resuming from the earliest open event of one stream: skip what the other stream had shipped."""
+        cp = self.resume
+        if cp is None or not cp.streams:
+            return
+        by_id = {f.file_id(): f for f in self._gens.values()}
+        skip = {}
+        for name, (file_id, offset) in cp.streams.items():
+            f = by_id.get(file_id)
+            if f is not None:  # else that stream is read again from the start: duplicates, never loss
+                skip[name] = (f.gen << GEN_SHIFT) | offset
+        self._asm.skip_before(skip)
 
     # --- parsing ---------------------------------------------------------------------------------------
 
@@ -424,6 +446,7 @@ class JsonFileSource(LogSource):
         self._set_current(self._track(chain[start]), offset)
         for f in chain[start + 1:]:
             self._queue.append(self._track(f))
+        self._skip_shipped()
         log.debug("reading json-file log container=%s path=%s file=%d/%d offset=%d", self._label, self.path,
                   start + 1, len(chain), offset)
         return True

@@ -53,9 +53,11 @@ class OffsetStore:
             for cid, entry in entries.items():
                 pos = entry["position"]
                 fid = entry.get("file_id", "")
-                if isinstance(pos, bool) or not isinstance(pos, int | str) or not isinstance(fid, str):
+                streams = entry.get("streams")
+                if isinstance(pos, bool) or not isinstance(pos, int | str) or not isinstance(fid, str) or (
+                        streams is not None and not isinstance(streams, dict)):
                     raise TypeError(f"bad entry for {cid!r}: {entry!r:.200}")
-                cps[cid] = Checkpoint(cid, pos, fid)
+                cps[cid] = Checkpoint(cid, pos, fid, streams)
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             log.error("offsets file is corrupt, starting without it (logs are re-read per docker.start_at) "
                       "path=%s error=%s", self.path, e)
@@ -74,11 +76,11 @@ class OffsetStore:
             return
         old = self._cps.get(cp.container_id)
         if old is not None and old.file_id == cp.file_id:
-            if old.position == cp.position:
+            if old.position == cp.position and old.streams == cp.streams:
                 return
             if type(old.position) is type(cp.position) and cp.position < old.position:  # type: ignore[operator]
                 return
-        self._cps[cp.container_id] = Checkpoint(cp.container_id, cp.position, cp.file_id)
+        self._cps[cp.container_id] = Checkpoint(cp.container_id, cp.position, cp.file_id, cp.streams)
         self._dirty = True
 
     def forget(self, container_id: str) -> None:
@@ -100,6 +102,7 @@ class OffsetStore:
         doc: dict[str, Any] = {
             "version": VERSION,
             "containers": {cid: {"position": cp.position, "file_id": cp.file_id}
+                           | ({"streams": cp.streams} if cp.streams else {})
                            for cid, cp in self._cps.items()},
         }
         data = orjson.dumps(doc)

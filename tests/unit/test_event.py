@@ -60,3 +60,13 @@ def test_record_round_trip() -> None:
     back = decode_record(encode_record(Batch(META, evs)))
     assert back.container == META
     assert back.events == evs
+
+
+def test_record_keeps_the_checkpoint_with_per_stream_positions() -> None:
+    from shipper.event import Checkpoint
+
+    cp = Checkpoint("c", 10, "1:2:ab", {"stdout": ["1:2:ab", 10], "stderr": ["1:2:ab", 99]})
+    back = decode_record(encode_record(Batch(META, [Event("t", "m")], cp)))
+    assert back.checkpoint == cp
+    plain = Checkpoint("c", "2026-11-26T10:00:00Z+000002")
+    assert decode_record(encode_record(Batch(META, [], plain))).checkpoint == plain

@@ -440,7 +440,10 @@ async def test_a_stderr_partial_across_a_rotation(dlog: DockerLog) -> None:
     dlog.rotate()
     dlog.write("y")
     await r.has(2)
-    assert r.checkpoint == Checkpoint(CID, len(dlog.entry("x\n")), old_id)
+    cp = r.checkpoint
+    assert cp is not None and (cp.position, cp.file_id) == (len(dlog.entry("x\n")), old_id)
+    assert cp.streams is not None and cp.streams["stderr"] == [old_id, cp.position]
+    assert cp.streams["stdout"][0] == dlog.file_id()  # stdout shipped "y" from the new file
     with open(dlog.path, "ab") as f:
         f.write(dlog.entry("part two\n", stream="stderr"))
     await r.has(3)
@@ -581,3 +584,37 @@ async def test_compress_true_files_gzipped_unseen_are_a_gap(dlog: DockerLog) -> 
     await r.finish()
     assert r.messages == nums(0, 10) + nums(20, 30)
     assert r.gaps("compressed_before_read") == 1
+
+
+async def test_a_crash_with_one_stream_open_repeats_nothing_of_the_other(dlog: DockerLog) -> None:
+    """stdout holds a half-written line while stderr ships past it: the checkpoint stays before the stdout
+    partial, and per-stream positions let the restart skip what stderr had shipped."""
+    with open(dlog.path, "ab") as f:
+        f.write(dlog.entry("first half "))  # a partial: no newline yet
+        f.write(dlog.entry("e1\n", "stderr") + dlog.entry("e2\n", "stderr"))
+    r1 = Reader(dlog).start()
+    await r1.has(2)
+    await r1.settle()
+    r1.task.cancel()  # type: ignore[union-attr]  # a crash: no close(), nothing more emitted
+    cp = r1.checkpoint
+    assert cp is not None and cp.position == 0 and cp.streams is not None
+    assert r1.messages == ["e1", "e2"]
+    with open(dlog.path, "ab") as f:
+        f.write(dlog.entry("second half\n") + dlog.entry("e3\n", "stderr"))
+    r2 = Reader(dlog, resume=cp).start()
+    await r2.has(2)
+    await r2.settle()
+    await r2.finish()
+    assert sorted(r2.messages) == ["e3", "first half second half"]
+
+
+async def test_per_stream_positions_survive_the_offsets_file(dlog: DockerLog, tmp_path: Path) -> None:
+    from shipper.sources.offsets import OffsetStore
+
+    store = OffsetStore(tmp_path / "state")
+    cp = Checkpoint(CID, 10, "1:2:abcd", {"stdout": ["1:2:abcd", 10], "stderr": ["1:2:abcd", 90]})
+    store.commit(cp)
+    assert store.flush()
+    again = OffsetStore(tmp_path / "state")
+    again.load()
+    assert again.get(CID) == cp

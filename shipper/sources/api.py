@@ -39,7 +39,6 @@ from shipper.errors import ContainerGone, DockerError, DockerUnavailable
 from shipper.event import Batch, Checkpoint, ContainerMeta
 from shipper.sources.base import LogSource, SourceContext
 from shipper.telemetry import events
-from shipper.transforms.assemble import LineAssembler
 
 log = logging.getLogger("shipper.sources.api")
 
@@ -174,8 +173,6 @@ class ApiSource(LogSource):
             raise ValueError("ApiSource needs a DockerClient (SourceContext.docker)")
         self.client = client
         cfg = ctx.config
-        self._label = info.meta.name or info.meta.id[:12]
-        self._asm = LineAssembler(self._label, cfg, ctx.metrics)
         self._batch_max = cfg.input.batch_max_events
         self._chunk = cfg.input.read_chunk_bytes
         self._poll = max(cfg.docker.poll_interval_secs, 0.01)
@@ -197,42 +194,10 @@ class ApiSource(LogSource):
                          "container=%s", self._label)
             if cfg.docker.start_at is StartAt.END:
                 self._fresh_since = since_from_ns(time.time_ns())
-        self._wake = asyncio.Event()
-        self._done = asyncio.Event()
-        self._running = False
-        self._emitting = False  # a push is in flight (if cancelled there, close() must not move past it)
-        self._removed = False
-        self._closing = False
-        self._stop_seen = False
-
-    # --- lifecycle -------------------------------------------------------------------------------------
-
-    def stopped(self) -> None:
-        self._stop_seen = True
-        self._wake.set()
-
-    def started(self) -> None:
-        """The container (re)started: reconnect now rather than at the next poll."""
-        self._wake.set()
 
     def renamed(self, meta: ContainerMeta) -> None:
         super().renamed(meta)
-        self._wake.set()  # the app reports a restart of a known container this way
-
-    def removed(self) -> None:
-        self._removed = True
-        self._wake.set()
-
-    async def close(self) -> None:
-        """Emit the complete events (open multi-line groups too); a dangling partial line stays behind the
-        checkpoint and is re-read after a restart."""
-        self._asm.flush_complete()
-        self._closing = True
-        self._wake.set()
-        if self._running:
-            await self._done.wait()
-        elif not self._emitting:
-            await self._emit()
+        self._wake.set()  # the app reports a restart of a known container this way too
 
     async def run(self) -> None:
         self._running = True
@@ -287,15 +252,15 @@ class ApiSource(LogSource):
                 backoff = min(backoff * 2, self._backoff_max)
                 continue
             if running and not self._removed:
-                if self._stop_seen:  # it exited and was restarted already: close what the last run left open
-                    self._stop_seen = False
+                if self._stop_pending:  # it exited and was restarted already: close what the last run left open
+                    self._stop_pending = False
                     self._asm.flush()
                     await self._emit()
                 await self._idle(min(backoff, self._poll))
                 backoff = min(backoff * 2, self._backoff_max)
                 continue
             # exited: everything it wrote was in the stream
-            self._stop_seen = False
+            self._stop_pending = False
             self._feed(self._final_frames())
             self._asm.flush()
             await self._emit()

@@ -9,6 +9,7 @@ is re-read after a restart, never lost).
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from shipper.config import Config
 from shipper.docker.metadata import ContainerInfo
 from shipper.event import Batch, Checkpoint, ContainerMeta
 from shipper.telemetry.metrics import Metrics
+from shipper.transforms.assemble import LineAssembler
 
 if TYPE_CHECKING:
     from shipper.docker.client import DockerClient
@@ -38,6 +40,16 @@ class LogSource(ABC):
         self.info = info
         self.ctx = ctx
         self.resume = resume
+        self._label = info.meta.name or info.meta.id[:12]  # in log lines and metric labels
+        self._asm = LineAssembler(self._label, ctx.config, ctx.metrics)
+        # set from other tasks (discovery, shutdown); the reading task acts on them when _wake fires
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()  # run() has returned
+        self._running = False
+        self._emitting = False  # a push is in flight (if cancelled there, close() must not move past it)
+        self._stop_pending = False
+        self._removed = False
+        self._closing = False
 
     @property
     def meta(self) -> ContainerMeta:
@@ -51,16 +63,35 @@ class LogSource(ABC):
         """The container got a new name: events read from now on carry `meta`."""
         self.info.meta = meta
 
-    def started(self) -> None:  # noqa: B027 - optional hook
-        """A stopped container runs again: a stream reader reconnects (a file reader just keeps tailing)."""
+    def started(self) -> None:
+        """A stopped container runs again: a stream reader reconnects now (a file reader just looks)."""
+        self._wake.set()
 
-    @abstractmethod
     def stopped(self) -> None:
         """The container exited: read to the end, flush open partial/multi-line events, then wait."""
+        self._stop_pending = True
+        self._wake.set()
 
-    @abstractmethod
     def removed(self) -> None:
         """The container is gone: read what is left, flush, and return from run()."""
+        self._removed = True
+        self._wake.set()
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """On shutdown: emit what is complete; open events stay unread so a restart re-reads them."""
+    async def close(self) -> None:
+        """On shutdown: emit the complete events (open multi-line groups too); a dangling partial line stays
+        behind the checkpoint and is re-read after a restart."""
+        self._asm.flush_complete()
+        self._closing = True
+        self._wake.set()
+        if self._running:
+            await self._done.wait()
+        elif not self._emitting and self._has_reader():
+            await self._emit()
+
+    def _has_reader(self) -> bool:
+        """Whether there is anything to emit from (a file reader that never opened its file has not)."""
+        return True
+
+    @abstractmethod
+    async def _emit(self) -> None:
+        """Hand the assembler's finished events to `ctx.emit`, in batches, with the checkpoint."""

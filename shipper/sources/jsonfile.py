@@ -55,7 +55,6 @@ from shipper.event import Batch, Checkpoint
 from shipper.sources.api import ts_to_ns
 from shipper.sources.base import LogSource, SourceContext
 from shipper.telemetry import events
-from shipper.transforms.assemble import LineAssembler
 
 log = logging.getLogger("shipper.sources.jsonfile")
 
@@ -125,8 +124,6 @@ class JsonFileSource(LogSource):
         super().__init__(info, ctx, resume)
         cfg = ctx.config
         self.path = json_log_path(info, cfg.docker.data_root)
-        self._label = info.meta.name or info.meta.id[:12]
-        self._asm = LineAssembler(self._label, cfg, ctx.metrics)
         self._chunk = cfg.input.read_chunk_bytes
         self._batch_max = cfg.input.batch_max_events
         self._poll_max = max(cfg.docker.poll_interval_secs, _MIN_IDLE)
@@ -140,35 +137,9 @@ class JsonFileSource(LogSource):
         self._consumed = 0  # first byte of the current file not yet handed to the assembler
         self._tail = b""  # an entry whose newline has not been written yet
         self._skip = 0  # > 0: inside an over-long line, this many bytes of it dropped so far
-        self._wake = asyncio.Event()
-        self._done = asyncio.Event()
-        self._running = False
-        self._emitting = False  # a push is in flight (if cancelled there, close() must not move past it)
-        self._stop_pending = False
-        self._removed = False
-        self._closing = False
 
-    # --- lifecycle (called from other tasks) -----------------------------------------------------------
-
-    def stopped(self) -> None:
-        self._stop_pending = True
-        self._wake.set()
-
-    def removed(self) -> None:
-        self._removed = True
-        self._wake.set()
-
-    async def close(self) -> None:
-        """Emit the complete events (open multi-line groups too); a dangling partial line stays behind the
-        checkpoint and is re-read after a restart."""
-        self._asm.flush_complete()
-        self._closing = True
-        self._wake.set()
-        if self._running:
-            await self._done.wait()
-            return
-        if not self._emitting and self._cur is not None:
-            await self._emit()
+    def _has_reader(self) -> bool:
+        return self._cur is not None
 
     async def run(self) -> None:
         self._running = True

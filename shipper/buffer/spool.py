@@ -46,34 +46,12 @@ from shipper.config import BufferConfig, FsyncPolicy, WhenFull
 from shipper.errors import SpoolCorrupt, SpoolError
 from shipper.event import Batch, Checkpoint, encode_record
 from shipper.telemetry import events as tel
-from shipper.telemetry.metrics import HELP, Metrics
+from shipper.telemetry.metrics import Metrics
 
 __all__ = ["DiskSpool", "SpoolCursor", "SpoolReader"]
 SpoolReader = fmt.SpoolReader
 log = logging.getLogger("shipper.spool")
 Mark = tuple[int, int]  # (segment first seq, end offset): a place in the write stream, ordered
-
-# Help texts for the spool's own series (telemetry/metrics.py owns HELP; these belong there).
-HELP.setdefault("shipper_spool_corrupt_records_total",
-                "Spool records lost to damage (torn tail, failed CRC, missing), by reason.")
-HELP.setdefault("shipper_spool_corrupt_bytes_total", "Spool bytes skipped or cut off as damaged, by reason.")
-HELP.setdefault("shipper_spool_segments", "Spool segment files on disk.")
-HELP.setdefault("shipper_spool_cursor_lag_events", "Events in the spool a sink has not acked yet.")
-
-_said: set[tuple[str, ...]] = set()
-
-
-def spool_corrupt(m: Metrics, reason: str, records: int, nbytes: int, where: str) -> None:
-    """Count damage found in the spool; logged once per place and reason (a bad disk must not flood)."""
-    if records:
-        m.inc("shipper_spool_corrupt_records_total", records, reason=reason)
-    if nbytes:
-        m.inc("shipper_spool_corrupt_bytes_total", nbytes, reason=reason)
-    if (where, reason) not in _said:
-        _said.add((where, reason))
-        log.error("spool damage skipped reason=%s records=%d bytes=%d where=%s (the rest is delivered; "
-                  "counted in shipper_spool_corrupt_records_total)", reason, records, nbytes, where)
-
 
 class _Segment:
     """One segment file and the index of its records (kept in memory: a few ints per batch)."""
@@ -256,7 +234,7 @@ class DiskSpool(Buffer):
             raise SpoolError(f"spool {self.directory} is in use by another shipper process") from None
         self._ledger = Ledger.load(self.directory)
         if self._ledger.damaged:
-            spool_corrupt(self.metrics, "ledger", 0, 0, str(self._ledger.path))
+            tel.spool_corrupt(self.metrics, "ledger", 0, 0, str(self._ledger.path))
         found = fmt.list_segments(self.directory)
         seen = self._ledger.damage
         last_seq = torn = 0
@@ -390,7 +368,7 @@ class DiskSpool(Buffer):
 
     def _count_corrupt(self, reason: str, records: int, nbytes: int, where: str) -> None:
         self.corrupt_records += records
-        spool_corrupt(self.metrics, reason, records, nbytes, where)
+        tel.spool_corrupt(self.metrics, reason, records, nbytes, where)
 
     # --- writing --------------------------------------------------------------------------------------
 

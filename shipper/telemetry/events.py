@@ -76,3 +76,14 @@ def torn_output_cut(m: Metrics, sink: str, path: str, nbytes: int) -> None:
     m.inc("shipper_sink_torn_bytes_total", nbytes, sink=sink)
     log.warning("cut a torn last line left by a crash sink=%s path=%s bytes=%d (its batch is sent again whole)",
                 sink, path, nbytes)
+
+
+def spool_corrupt(m: Metrics, reason: str, records: int, nbytes: int, where: str) -> None:
+    """Damage found in the spool; logged once per place and reason (a bad disk must not flood)."""
+    if records:
+        m.inc("shipper_spool_corrupt_records_total", records, reason=reason)
+    if nbytes:
+        m.inc("shipper_spool_corrupt_bytes_total", nbytes, reason=reason)
+    if _once("spool_corrupt", where, reason):
+        log.error("spool damage skipped reason=%s records=%d bytes=%d where=%s (the rest is delivered; "
+                  "counted in shipper_spool_corrupt_records_total)", reason, records, nbytes, where)

@@ -43,7 +43,7 @@ import struct
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -377,6 +377,17 @@ class JsonFileSource(LogSource):
         self._tail = b""
         self._skip = 0
 
+    def _open_newest_first(self) -> Iterator[_LogFile]:
+        """Open the live file (if there is one), then `.1`, `.2` ... up to the first missing one."""
+        f = _open(self.path)
+        if f is not None:
+            yield f
+        for i in range(1, MAX_ROTATED):
+            f = _open(f"{self.path}.{i}")
+            if f is None:
+                return
+            yield f
+
     def _open_chain(self) -> list[_LogFile]:
         """Every log file of the container, oldest first, all opened.
 
@@ -385,13 +396,7 @@ class JsonFileSource(LogSource):
         """
         found: list[_LogFile] = []
         keys: set[tuple[int, int]] = set()
-        for i in range(MAX_ROTATED):
-            name = self.path if i == 0 else f"{self.path}.{i}"
-            f = _open(name)
-            if f is None:
-                if i == 0:
-                    continue
-                break
+        for f in self._open_newest_first():
             if (f.dev, f.ino) in keys:
                 os.close(f.fd)
                 continue
@@ -502,13 +507,7 @@ class JsonFileSource(LogSource):
             held.add((self._cur.dev, self._cur.ino))
         newer: list[_LogFile] = []
         met = False
-        for i in range(MAX_ROTATED):
-            name = self.path if i == 0 else f"{self.path}.{i}"
-            f = _open(name)
-            if f is None:
-                if i == 0:
-                    continue
-                break
+        for f in self._open_newest_first():
             key = (f.dev, f.ino)
             if key == (last.dev, last.ino):
                 os.close(f.fd)

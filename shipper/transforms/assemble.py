@@ -193,7 +193,7 @@ class LineAssembler:
                     st.seq = seq = 0
                 self.out.append(Event(ts, st.head, stream, None, st.flags, seq))
                 st.state = IDLE
-            fields = None
+            fields = None  # _emit_json and _emit inlined: this is the per-entry fast path
             msg = line
             if self._json:
                 try:

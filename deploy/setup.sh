@@ -11,11 +11,12 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 pkgs="docker.io"
 [ $want_tests = 1 ] && pkgs="$pkgs busybox-static rsyslog rsyslog-gnutls gnutls-bin openssl"
 missing=""
-for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in $pkgs; do installed "$p" || missing="$missing $p"; done
 if [ -n "$missing" ]; then
   echo "setup: installing$missing" >&2
   sudo_ apt-get update -qq
-  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 # rsyslog's own service must not hold /dev/log or ports the tests use
 if [ $want_tests = 1 ] && command -v systemctl >/dev/null 2>&1; then

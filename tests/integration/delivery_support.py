@@ -35,23 +35,7 @@ class Daemon(Shipper):
     """
 
     def __init__(self, tmp: Path, body: str, stats_secs: float = 0.0, select_label: str | None = None) -> None:
-        super().__init__(tmp, select_label=select_label)
-        body = body.replace("{out}", str(self.out)).replace("{state}", str(self.state)).replace("{tmp}", str(tmp))
-        self.config.write_text(f"""
-[docker]
-poll_interval_secs = 0.05
-[state]
-dir = "{self.state}"
-flush_interval_secs = 0.2
-[select]
-include_labels = ["shipper.test.run={self.run_id}"]
-[telemetry]
-stats_interval_secs = {stats_secs}
-log_level = "debug"
-[multiline]
-flush_timeout_secs = 0.3
-{body}
-""")
+        super().__init__(tmp, body, select_label=select_label, stats_secs=stats_secs, file_sink=False)
 
     @property
     def running(self) -> bool:

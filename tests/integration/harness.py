@@ -22,13 +22,18 @@ class Shipper:
     """One shipper daemon with its own state dir, output file and selection label."""
 
     def __init__(self, tmp: Path, extra_toml: str = "", select_label: str | None = None,
-                 docker_toml: str = "") -> None:
+                 docker_toml: str = "", stats_secs: float = 0.0, file_sink: bool = True) -> None:
+        """`extra_toml` goes after [multiline]; `{out}`, `{state}` and `{tmp}` in it become this daemon's
+        paths. Without `file_sink`, extra_toml names every sink itself."""
         self.tmp = tmp
         self.run_id = select_label or uuid.uuid4().hex[:12]
         self.state = tmp / "state"
         self.out = tmp / "out.jsonl"
         self.config = tmp / "shipper.toml"
         self.log = tmp / "shipper.log"
+        extra_toml = extra_toml.replace("{out}", str(self.out)).replace("{state}", str(self.state)) \
+            .replace("{tmp}", str(tmp))
+        sink = f'[sinks.out]\ntype = "file"\npath = "{self.out}"\nmax_bytes = 0\n' if file_sink else ""
         self.config.write_text(f"""
 [docker]
 poll_interval_secs = 0.05
@@ -39,16 +44,12 @@ flush_interval_secs = 0.2
 [select]
 include_labels = ["shipper.test.run={self.run_id}"]
 [telemetry]
-stats_interval_secs = 0
+stats_interval_secs = {stats_secs}
 log_level = "debug"
 [multiline]
 flush_timeout_secs = 0.3
 {extra_toml}
-[sinks.out]
-type = "file"
-path = "{self.out}"
-max_bytes = 0
-""")
+{sink}""")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

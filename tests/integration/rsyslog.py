@@ -17,9 +17,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.tlsutil import Certs, make_certs
 
 INPUTS = ("udp", "tcp", "ptcp", "tls", "mtls", "unix_dgram", "unix_stream")
 MAX_MESSAGE_SIZE = "256k"  # rsyslog's default (8k) would cut the large messages the tests send
@@ -38,35 +39,6 @@ def _free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass
-class Certs:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def make_certs(d: Path, server_names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Certs:
-    """A throwaway CA, a server certificate for `server_names` and a client certificate, with openssl."""
-    d.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=shipper test CA")
-    sans = ",".join(f"IP:{n}" if n.replace(".", "").isdigit() else f"DNS:{n}" for n in server_names)
-    for who, ext in (("server", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"),
-                     ("client", "extendedKeyUsage=clientAuth\n")):
-        (d / f"{who}.ext").write_text(ext)
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out", f"{who}.csr",
-            "-subj", f"/CN=shipper test {who}")
-        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{who}.pem", "-days", "2", "-extfile", f"{who}.ext")
-    return Certs(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key")
 
 
 class Rsyslog:

@@ -25,7 +25,8 @@ from shipper.docker.discovery import ApiDiscovery, Change, FileDiscovery
 from shipper.errors import ContainerGone, DockerUnavailable
 from shipper.telemetry.metrics import Metrics
 from tests.conftest import TEST_IMAGE, require
-from tests.unit.docker.helpers import Collector, have_openssl, make_certs
+from tests.tlsutil import have_openssl, make_certs
+from tests.unit.docker.helpers import Collector
 
 pytestmark = pytest.mark.docker
 DOCKER_SOCK = "/var/run/docker.sock"

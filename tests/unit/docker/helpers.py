@@ -1,46 +1,11 @@
-"""Test helpers: a consumer for discoveries, and throwaway TLS certificates made with the openssl CLI."""
+"""Test helper: a consumer for discoveries."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from shipper.docker.discovery import Change, ContainerDiscovery
-
-
-@dataclass(frozen=True)
-class Certs:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def have_openssl() -> bool:
-    return shutil.which("openssl") is not None
-
-
-def _run(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_certs(d: Path) -> Certs:
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _run("req", "-x509", *ec, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2",
-         "-subj", "/CN=shipper-test-ca", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    for who, ext in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
-                     ("client", "extendedKeyUsage=clientAuth\n")):
-        (d / f"{who}.ext").write_text(ext)
-        _run("req", *ec, "-keyout", f"{who}-key.pem", "-out", f"{who}.csr", "-subj", f"/CN={who}", cwd=d)
-        _run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
-             "-out", f"{who}.pem", "-days", "2", "-extfile", f"{who}.ext", cwd=d)
-    return Certs(d / "ca.pem", d / "server.pem", d / "server-key.pem", d / "client.pem", d / "client-key.pem")
 
 
 class Collector:

@@ -23,7 +23,7 @@ from shipper.docker.client import (
 from shipper.errors import ConfigError, ContainerGone, DockerError, DockerUnavailable
 from shipper.telemetry.metrics import Metrics
 from tests.conftest import require
-from tests.unit.docker.helpers import Certs, have_openssl, make_certs
+from tests.tlsutil import Certs, have_openssl, make_certs
 
 Canned = tuple[DockerClient, Metrics, dict[str, int]]
 
@@ -66,7 +66,7 @@ def test_tls_context_built_from_cert_files(certs: Certs) -> None:
     assert ep.base_url == "https://localhost:2376"
     assert isinstance(ep.ssl, ssl.SSLContext)
     assert ep.ssl.verify_mode is ssl.CERT_REQUIRED and ep.ssl.check_hostname
-    assert [c["subject"] for c in ep.ssl.get_ca_certs()] == [((("commonName", "shipper-test-ca"),),)]
+    assert [c["subject"] for c in ep.ssl.get_ca_certs()] == [((("commonName", "shipper test CA"),),)]
 
 
 def test_tls_from_docker_environment_variables(monkeypatch: pytest.MonkeyPatch, certs: Certs) -> None:

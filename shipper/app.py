@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shipper.backoff import Backoff
 from shipper.buffer.base import Buffer
 from shipper.buffer.memory import MemoryBuffer
 from shipper.config import BufferType, Config, Discovery, ReadMode
@@ -100,7 +101,8 @@ class App:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
-                sink_tasks = [tg.create_task(r.run(), name=f"sink:{n}") for n, r in self.runners.items()]
+                sink_tasks = [tg.create_task(self._supervised(f"sink:{n}", r.run), name=f"sink:{n}")
+                              for n, r in self.runners.items()]
                 background = [tg.create_task(self._supervised("discovery", self._discover), name="discovery"),
                               tg.create_task(self._save_offsets_periodically(), name="offsets")]
                 if self.config.telemetry.stats_interval_secs > 0:
@@ -130,7 +132,7 @@ class App:
                 if name not in self.config.sinks:
                     log.warning("sink %s is no longer configured: its spool cursor is dropped, so what it had not "
                                 "delivered no longer holds the spool (replay can still send what is retained)", name)
-                    spool.forget(name)
+                    spool.remove_cursor(name)
             return spool
         return MemoryBuffer(self._safe, self.metrics, bc.max_events, bc.max_bytes, bc.when_full)
 
@@ -138,15 +140,15 @@ class App:
         """The readers' emit: push into the buffer; while the spool cannot take it (disk full, I/O error) wait
         and try again, so reading stops and Docker's own files keep the logs meanwhile."""
         assert self.buffer is not None
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0, floor=0.1)  # every try writes: a floor keeps a full disk from being spun on
         while True:
             try:
                 await self.buffer.push(batch)
                 return
             except SpoolError as e:
+                delay = backoff.next_delay()
                 tel.spool_push_failed(self.metrics, e, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     def _safe(self, cp: Checkpoint) -> None:
         self.offsets.commit(cp)
@@ -211,16 +213,16 @@ class App:
 
     async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Run a long-lived task, restarting it with backoff if it fails: one bug must not stop the daemon."""
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0, floor=0.1)  # a floor: each failure logs a traceback
         while True:
             try:
                 await run()
                 return
             except Exception:
                 self.metrics.inc("shipper_task_restarts_total", task=name)
-                log.exception("task failed, restarting it task=%s retry_in=%.0fs", name, delay)
+                delay = backoff.next_delay()
+                log.exception("task failed, restarting it task=%s retry_in=%.1fs", name, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     async def _discover(self) -> None:
         discovery = self._discovery()

@@ -337,9 +337,26 @@ class SinkBase:
     """Keys every sink has; a sink's own Config subclasses this."""
 
     type: str = doc("", "the sink kind: file, stdout, null, syslog, ...")
+    batch_max_events: int = doc(2048, "most events in one request (records are never split: one batch may "
+                                      "pass it)")
+    batch_max_bytes: int = doc(4 * 1024 * 1024, "most buffered bytes in one request")
+    linger_secs: float = doc(0.01, "longest wait for more events while a request is not full")
+    max_in_flight: int = doc(1, "requests sent and not yet answered; 1 keeps the order per container")
     retry_initial_secs: float = doc(0.5, "first wait after a failed send")
     retry_max_secs: float = doc(30.0, "longest wait between retries")
+    max_unexpected_errors: int = doc(5, "a request failing this many times with an unexpected error (a bug, "
+                                        "not an outage) is given up: counted, logged, left to replay")
     healthcheck: bool = doc(True, "check the destination at start; a failed check is logged and retried")
+
+    def validate(self, key: str) -> None:
+        for name, low, high in (("batch_max_events", 1, 1_000_000), ("batch_max_bytes", 1024, 1 << 30),
+                                ("max_in_flight", 1, 1024), ("max_unexpected_errors", 1, 1_000_000)):
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"{key}.{name}", f"must be between {low} and {high}")
+        if not 0 <= self.linger_secs <= 60:
+            raise ConfigError(f"{key}.linger_secs", "must be between 0 and 60")
+        if not 0 < self.retry_initial_secs <= self.retry_max_secs:
+            raise ConfigError(f"{key}.retry_initial_secs", "must be positive and at most retry_max_secs")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from enum import IntFlag
 from typing import Any
 
-import orjson
-
 
 class Flag(IntFlag):
     """What happened to an event on its way in; shipped as `log.flags`."""
@@ -124,69 +122,3 @@ def event_id(container_id: str, ev: Event) -> str:
 
 def flag_names(flags: int) -> list[str]:
     return [name for bit, name in FLAG_NAMES.items() if flags & bit]
-
-
-def to_ecs(meta: ContainerMeta, ev: Event) -> dict[str, Any]:
-    """The whole event as an ECS document (what JSON sinks write)."""
-    doc: dict[str, Any] = {"@timestamp": ev.timestamp, "message": ev.message, "stream": ev.stream,
-                           "event": {"id": event_id(meta.id, ev)}}
-    doc.update(meta.ecs())
-    if ev.fields is not None:
-        doc["json"] = ev.fields
-    if ev.flags:
-        doc["log"] = {"flags": flag_names(ev.flags)}
-    return doc
-
-
-class JsonLinesEncoder:
-    """Encodes events as ECS JSON lines, reusing each container's metadata fragment across events."""
-
-    def __init__(self) -> None:
-        self._meta_key: ContainerMeta | None = None
-        self._meta_bytes = b""
-
-    def _fragment(self, meta: ContainerMeta) -> bytes:
-        if meta is not self._meta_key:
-            self._meta_key = meta
-            self._meta_bytes = orjson.dumps(meta.ecs())[1:-1]  # without the braces
-        return self._meta_bytes
-
-    def encode_batch(self, batch: Batch) -> bytes:
-        meta = batch.container
-        frag = self._fragment(meta)
-        dumps = orjson.dumps
-        cid = meta.id
-        out = []
-        for ev in batch.events:
-            head = {"@timestamp": ev.timestamp, "message": ev.message, "stream": ev.stream,
-                    "event": {"id": event_id(cid, ev)}}
-            if ev.fields is not None:
-                head["json"] = ev.fields
-            if ev.flags:
-                head["log"] = {"flags": flag_names(ev.flags)}
-            out.append(dumps(head)[:-1] + b"," + frag + b"}\n")
-        return b"".join(out)
-
-
-def encode_record(batch: Batch) -> bytes:
-    """Serialise a batch for the spool (metadata once, then compact event rows, then the checkpoint).
-
-    The checkpoint rides along so that a restart after a crash can tell the readers how far the spool
-    already holds their logs, instead of reading (and sending) it all again.
-    """
-    rows = [[ev.timestamp, ev.stream, ev.message, ev.fields, ev.flags, ev.seq] for ev in batch.events]
-    cp = batch.checkpoint
-    if cp is None:
-        return orjson.dumps([batch.container.to_dict(), rows, None])
-    fields = [cp.container_id, cp.position, cp.file_id] + ([cp.streams] if cp.streams else [])
-    return orjson.dumps([batch.container.to_dict(), rows, fields])
-
-
-def decode_record(payload: bytes) -> Batch:
-    """Inverse of `encode_record`; also reads the older `[meta, rows]` form, which has no checkpoint."""
-    doc = orjson.loads(payload)
-    if not isinstance(doc, list) or len(doc) not in (2, 3):
-        raise ValueError(f"spool record is not [meta, rows] or [meta, rows, checkpoint]: {type(doc).__name__}")
-    meta = ContainerMeta.from_dict(doc[0])
-    cp = Checkpoint(*doc[2]) if len(doc) == 3 and doc[2] is not None else None
-    return Batch(meta, [Event(r[0], r[2], r[1], r[3], r[4], r[5]) for r in doc[1]], cp)

@@ -11,7 +11,6 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TextIO
 
 from shipper.buffer.segment import SpoolReader
@@ -22,25 +21,23 @@ from shipper.sinks import sink_class
 from shipper.sinks.base import SinkContext
 from shipper.sinks.runner import SinkRunner
 from shipper.telemetry.metrics import Metrics
+from shipper.timefmt import NS_PER_SEC, parse_ns
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNIT_SECS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_time(text: str, now: float | None = None) -> float:
-    """RFC 3339 ('2026-11-26T10:00:00Z', fractions and offsets allowed) or relative to now ('10m', '2h')."""
+    """RFC 3339 ('2026-11-26T10:00:00Z', fractions and offsets allowed; no zone: UTC) or relative to now
+    ('10m', '2h'), as Unix seconds."""
     text = text.strip()
     m = _RELATIVE.match(text)
     if m:
         return (time.time() if now is None else now) - float(m.group(1)) * _UNIT_SECS[m.group(2)]
-    iso = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("z", "Z")
     try:
-        dt = datetime.fromisoformat(iso)
+        return parse_ns(text, assume_utc=True) / NS_PER_SEC
     except ValueError:
         raise ValueError(f"not a time: {text!r} (RFC 3339, or 30s, 10m, 2h, 1d ago)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 @dataclass
@@ -94,7 +91,8 @@ async def replay(cfg: Config, sink_name: str, since: float | None, until: float 
     """Send every retained event in the window to `sink_name`, in spool order (so in order per container).
 
     Two passes over the spool: one to count (for the progress bar), one to send, so memory stays flat
-    whatever the window holds. A batch that still fails after `max_attempts` is counted as failed.
+    whatever the window holds. Records go in requests of up to the sink's `batch_max_events`; a request
+    that still fails after `max_attempts` is counted as failed.
     """
     if sink_name not in cfg.sinks:
         raise ConfigError("--sink", f"no sink named {sink_name!r} (configured: {', '.join(cfg.sinks)})")
@@ -117,13 +115,27 @@ async def replay(cfg: Config, sink_name: str, since: float | None, until: float 
     sink = sink_class(sc.type)(sc, SinkContext(sink_name, cfg.state.path, cfg.host.resolved_name, metrics))
     runner = SinkRunner(sink_name, sink, None, metrics)
     progress = Progress(total)
+    group: list[Batch] = []
+
+    async def flush() -> None:
+        if group:
+            done = await runner.deliver(sink.encode(group), max_attempts)
+            summary.failed_events += done.failed + done.rejected
+            for b in group:
+                _count(summary, b)
+            group.clear()
+            progress.update(summary.events)
+
     try:
         await runner.start()
+        pending = 0
         for rec in reader.records(since=since, until=until, container=container):
-            if not await runner.deliver(rec.batch, max_attempts):
-                summary.failed_events += len(rec.batch)
-            _count(summary, rec.batch)
-            progress.update(summary.events)
+            group.append(rec.batch)
+            pending += len(rec.batch)
+            if pending >= sc.batch_max_events:
+                await flush()
+                pending = 0
+        await flush()
         progress.update(summary.events, force=True)
     finally:
         await sink.close()

@@ -11,11 +11,14 @@ checkpoints out again, so a lagging value only costs a little decoding at open.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+
+from shipper.atomicfile import fsync_dir, write_atomic
+
+__all__ = ["LEDGER_NAME", "LEDGER_VERSION", "Ledger", "fsync_dir"]  # fsync_dir: the spool imports it from here
 
 log = logging.getLogger("shipper.spool")
 LEDGER_VERSION = 1
@@ -61,24 +64,4 @@ class Ledger:
                                   "cursors": self.cursors, "damage": self.damage}
         if self.released is not None:
             doc["released"] = self.released
-        data = orjson.dumps(doc)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        if fsync:
-            fsync_dir(self.path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a create, rename or unlink in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_atomic(self.path, orjson.dumps(doc), fsync)

@@ -8,9 +8,10 @@ oldest one even if a sink has not delivered it. Every dropped event is counted.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 
-from shipper.buffer.base import Buffer, Cursor, OnSafe, Signal
+from shipper.buffer.base import Buffer, Cursor, Lease, OnSafe, Signal
 from shipper.config import WhenFull
 from shipper.event import Batch
 from shipper.telemetry import events as tel
@@ -25,31 +26,38 @@ def batch_bytes(batch: Batch) -> int:
 
 class MemoryCursor(Cursor):
     def __init__(self, buf: MemoryBuffer, name: str) -> None:
+        super().__init__(name, buf.head_seq - 1)
         self._buf = buf
-        self.name = name
         self.read_seq = buf.head_seq  # next seq to hand out
-        self.acked_seq = buf.head_seq - 1
 
-    async def next(self) -> tuple[int, Batch]:
+    def _take(self, lease: Lease, max_events: int, max_bytes: int) -> None:
         buf = self._buf
-        while True:
-            if self.read_seq < buf.head_seq:  # what we were due to read was evicted (drop_oldest)
-                self.read_seq = buf.head_seq
-            idx = self.read_seq - buf.head_seq
-            if idx < len(buf.entries):
-                self.read_seq += 1
-                return self.read_seq - 1, buf.entries[idx][0]
-            await buf.changed.wait()
+        if self.read_seq < buf.head_seq:  # what we were due to read was evicted (drop_oldest)
+            self.read_seq = buf.head_seq
+        entries = buf.entries
+        window = self.window
+        idx = self.read_seq - buf.head_seq
+        while idx < len(entries) and not lease.full(max_events, max_bytes):
+            seq = buf.head_seq + idx
+            idx += 1
+            if not window.acked(seq):
+                batch, size = entries[idx - 1]
+                lease.add(seq, batch, size)
+        self.read_seq = buf.head_seq + idx
 
-    def ack(self, seq: int) -> None:
-        if seq > self.acked_seq:
-            self.acked_seq = seq
-            self._buf.release()
+    async def _more(self) -> None:
+        await self._buf.changed.wait()
+
+    def _released(self) -> None:
+        self._buf.release()
+
+    def rewind(self) -> None:
+        self.read_seq = self.window.low + 1
 
     def pending(self) -> int:
         buf = self._buf
-        start = max(self.acked_seq + 1 - buf.head_seq, 0)
-        return sum(len(b) for b, _ in list(buf.entries)[start:])
+        start = max(self.window.low + 1 - buf.head_seq, 0)
+        return sum(len(b) for b, _ in itertools.islice(buf.entries, start, None))
 
 
 class MemoryBuffer(Buffer):
@@ -72,6 +80,10 @@ class MemoryBuffer(Buffer):
             self.cursors[name] = MemoryCursor(self, name)
         return self.cursors[name]
 
+    def remove_cursor(self, name: str) -> None:
+        if self.cursors.pop(name, None) is not None:
+            self.release()
+
     def _full(self, incoming: Batch, size: int) -> bool:
         if not self.entries:
             return False  # one batch always fits, however large
@@ -93,6 +105,8 @@ class MemoryBuffer(Buffer):
                 old, _ = self.entries[0]
                 tel.events_dropped(self.metrics, "buffer_full", len(old), "drop_oldest")
                 self._pop()
+                for cur in self.cursors.values():  # given up on, counted: no cursor waits for it
+                    cur.window.skip_to(self.head_seq - 1)
                 continue
             await self.changed.wait()
         self.entries.append((batch, size))
@@ -111,7 +125,10 @@ class MemoryBuffer(Buffer):
 
     def release(self) -> None:
         """Drop batches every cursor has acked, making their checkpoints safe."""
-        low = min(c.acked_seq for c in self.cursors.values())
+        if not self.cursors:
+            low = self.head_seq + len(self.entries) - 1
+        else:
+            low = min(c.window.low for c in self.cursors.values())
         freed = False
         while self.entries and self.head_seq <= low:
             self._pop()

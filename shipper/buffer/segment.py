@@ -13,7 +13,6 @@ replay` can run beside the daemon.
 from __future__ import annotations
 
 import fnmatch
-import functools
 import logging
 import mmap
 import os
@@ -21,12 +20,13 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from shipper.buffer.record import decode_record, encode_record
 from shipper.errors import SpoolCorrupt
-from shipper.event import Batch, Event, decode_record, encode_record
+from shipper.event import Batch, Event
+from shipper.timefmt import parse_ns, second_ns
 
 log = logging.getLogger("shipper.spool")
 
@@ -64,24 +64,11 @@ class RecordHeader(NamedTuple):
 # --- event time ---------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8192)
-def _second_ns(prefix: str) -> int:
-    """'YYYY-MM-DDTHH:MM:SS' (UTC) -> ns since the epoch; cached because a batch shares its seconds."""
-    return int(datetime.fromisoformat(prefix).replace(tzinfo=UTC).timestamp()) * _NS
-
-
 def parse_time_ns(ts: str) -> int | None:
-    """Docker's RFC 3339 time -> ns since the epoch, keeping all nine fraction digits; None if unparsable."""
+    """An event's time -> ns since the epoch (zone-less: UTC); None if unparsable, so replay skips it."""
     try:
-        if len(ts) >= 20 and ts[-1] == "Z" and ts[10] == "T" and ts[19] in ".Z":
-            base = _second_ns(ts[:19])
-            frac = ts[20:-1] if ts[19] == "." else ""
-            return base + (int(frac[:9].ljust(9, "0")) if frac else 0)
-        dt = datetime.fromisoformat(ts)
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return int(dt.timestamp() * _NS)
-    except (ValueError, IndexError):
+        return parse_ns(ts, assume_utc=True)
+    except ValueError:
         return None
 
 
@@ -98,7 +85,7 @@ def event_time_bounds(events: list[Event]) -> tuple[int, int]:
     lo, hi = min(stamps), max(stamps)
     try:
         if lo[-1:] == "Z" and hi[-1:] == "Z" and len(lo) >= 20 and len(hi) >= 20:
-            return _second_ns(lo[:19]), _second_ns(hi[:19]) + _NS - 1
+            return second_ns(lo[:19]), second_ns(hi[:19]) + _NS - 1
     except ValueError:
         pass
     parsed = [parse_time_ns(s) for s in stamps]  # offsets or odd formats: slow but exact
@@ -360,8 +347,11 @@ def _filter(rec: ReplayRecord, lo: int | None, hi: int | None, glob: str | None)
         return rec
     kept = []
     for ev in batch.events:
-        t = parse_time_ns(ev.timestamp)
-        if t is None or (lo is not None and t < lo) or (hi is not None and t >= hi):
+        try:
+            t = parse_ns(ev.timestamp, assume_utc=True)
+        except ValueError:
+            continue
+        if (lo is not None and t < lo) or (hi is not None and t >= hi):
             continue
         kept.append(ev)
     if not kept:

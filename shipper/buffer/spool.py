@@ -40,11 +40,12 @@ from collections import deque
 from pathlib import Path
 
 from shipper.buffer import segment as fmt
-from shipper.buffer.base import Buffer, Cursor, OnSafe, Signal
+from shipper.buffer.base import Buffer, Cursor, Lease, OnSafe, Signal
 from shipper.buffer.ledger import Ledger, fsync_dir
+from shipper.buffer.record import encode_record
 from shipper.config import BufferConfig, FsyncPolicy, WhenFull
 from shipper.errors import SpoolCorrupt, SpoolError
-from shipper.event import Batch, Checkpoint, encode_record
+from shipper.event import Batch, Checkpoint
 from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
 
@@ -105,31 +106,31 @@ class _Segment:
 
 
 class SpoolCursor(Cursor):
-    """A sink's place: reads forward from the files, resumes after its last ack when the spool reopens."""
+    """A sink's place: reads forward from the files, resumes after its low-water mark when the spool
+    reopens (what was acked past a gap is sent again then: duplicates bounded by what was in flight)."""
 
     def __init__(self, spool: DiskSpool, name: str, acked: int) -> None:
+        super().__init__(name, acked)
         self._spool = spool
-        self.name = name
-        self.acked = acked
         self._next = acked + 1  # next seq to hand out
         self._seg: _Segment | None = None
         self._idx = 0
 
-    async def next(self) -> tuple[int, Batch]:
-        spool = self._spool
-        while True:
-            got = spool._read(self)
-            if got is not None:
-                return got
-            await spool._appended.wait()
+    def _take(self, lease: Lease, max_events: int, max_bytes: int) -> None:
+        self._spool._read(self, lease, max_events, max_bytes)
 
-    def ack(self, seq: int) -> None:
-        if seq > self.acked:
-            self.acked = seq
-            self._spool._on_ack(self)
+    async def _more(self) -> None:
+        await self._spool._appended.wait()
+
+    def _released(self) -> None:
+        self._spool._on_ack(self)
+
+    def rewind(self) -> None:
+        self._next = self.window.low + 1
+        self._seg = None
 
     def pending(self) -> int:
-        return self._spool._events_after(self.acked)
+        return self._spool._events_after(self.window.low)
 
 
 class DiskSpool(Buffer):
@@ -613,6 +614,8 @@ class DiskSpool(Buffer):
             tel.events_dropped(self.metrics, "buffer_full", lost, "drop_oldest")
             log.debug("spool full: dropped segment %s with %d undelivered events for sinks %s",
                       seg.path.name, lost, behind)
+        for cur in self._cursors.values():  # given up on, counted: no cursor's gap waits for it
+            cur.window.skip_to(seg.last_seq)
         self._release((seg.first_seq, seg.size))
         self._advance_released(seg.last_seq)
         self._delete(seg)
@@ -683,7 +686,7 @@ class DiskSpool(Buffer):
         self._mark_ledger_dirty()
         return cur
 
-    def forget(self, name: str) -> None:
+    def remove_cursor(self, name: str) -> None:
         """Drop a sink that is gone from the config, so its ledger entry stops pinning a position."""
         self._cursors.pop(name, None)
         self._ledger.cursors.pop(name, None)
@@ -699,18 +702,27 @@ class DiskSpool(Buffer):
                 return seg, bisect_left(seg.seqs, seq)
         return self._active, len(self._active.seqs)
 
-    def _read(self, cur: SpoolCursor) -> tuple[int, Batch] | None:
+    def _read(self, cur: SpoolCursor, lease: Lease, max_events: int, max_bytes: int) -> None:
+        """Add the records after `cur`'s place to `lease` until it is full (acked ones skipped). Seqs with no
+        readable record (damage found at open or now, counted) are acked on the way, so no gap waits for
+        them; the acks take effect after the walk, since they may delete segments."""
         self._check_open()
         seg = cur._seg
         if seg is None or seg.deleted:
-            seg, idx = self._locate(cur._next)  # first read, or drop_oldest took what we were reading
+            seg, idx = self._locate(cur._next)  # first read, rewind, or drop_oldest took what we were reading
         else:
             idx = cur._idx
-        while True:
+        window = cur.window
+        moved = False
+        while not lease.full(max_events, max_bytes):
             if idx < len(seg.seqs):
                 seq, size, off = seg.seqs[idx], seg.sizes[idx], seg.offsets[idx]
                 idx += 1
+                if seq > cur._next:
+                    moved |= window.ack_range(cur._next, seq - 1)
                 cur._seg, cur._idx, cur._next = seg, idx, seq + 1
+                if window.acked(seq):
+                    continue
                 try:
                     data = os.pread(seg.rfd(), size, off)
                     hdr, batch = fmt.decode(data, seq)
@@ -720,13 +732,17 @@ class DiskSpool(Buffer):
                     if seq not in self._bad_reads:
                         self._bad_reads.add(seq)
                         self._count_corrupt("read_failed", 1, size, f"{seg.path}@{off}: {e}")
+                    moved |= window.ack(seq)
                     continue
-                return seq, batch
+                lease.add(seq, batch, size)
+                continue
             pos = self._segments.index(seg) + 1
             if pos >= len(self._segments):
                 cur._seg, cur._idx = seg, idx
-                return None
+                break
             seg, idx = self._segments[pos], 0
+        if moved:
+            cur._released()
 
     def _on_ack(self, cur: SpoolCursor) -> None:
         self._mark_ledger_dirty()

@@ -32,6 +32,8 @@ import orjson
 from shipper.config import DockerConfig
 from shipper.errors import ConfigError, ContainerGone, DockerError, DockerUnavailable
 from shipper.telemetry.metrics import Metrics
+from shipper.timefmt import unix_text
+from shipper.tls import TlsFileError, client_context
 
 log = logging.getLogger("shipper.docker")
 
@@ -70,27 +72,16 @@ def format_since(value: str | float | int | None) -> str | None:
     return f"{value:.9f}"
 
 
-def since_from_ns(ns: int) -> str:
-    secs, frac = divmod(ns, 1_000_000_000)
-    return f"{secs}.{frac:09d}"
+since_from_ns = unix_text  # `since`/`until` from ns: exact Unix seconds
 
 
 def build_ssl_context(ca: str, cert: str, key: str, verify: bool) -> ssl.SSLContext:
-    """TLS as the docker CLI does it: our CA (or the system's), an optional client certificate."""
+    """TLS as the docker CLI does it: our CA (or the system's), an optional client certificate;
+    `verify=False` (docker.tls_verify) encrypts without checking the daemon's certificate at all."""
     try:
-        ctx = ssl.create_default_context(cafile=ca or None)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError("docker.tls_ca", f"cannot load CA certificate {ca!r}: {e}") from None
-    if cert:
-        try:
-            ctx.load_cert_chain(cert, key or None)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError("docker.tls_cert", f"cannot load client certificate {cert!r} / key {key!r}: "
-                                                 f"{e}") from None
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+        return client_context(ca, cert, key, verify=verify)
+    except TlsFileError as e:
+        raise ConfigError(f"docker.tls_{e.field}", str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
@@ -35,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from shipper.backoff import Backoff
 from shipper.config import Config, Discovery
 from shipper.docker.client import DockerClient, EventStream, since_from_ns
 from shipper.docker.metadata import ContainerInfo, info_from_config_files, info_from_event, info_from_inspect
@@ -49,6 +49,7 @@ RECONNECTS = "shipper_docker_reconnects_total"
 CONFIG_INVALID = "shipper_docker_config_invalid_total"
 EVENTS_INVALID = "shipper_docker_events_invalid_total"
 INITIAL_BACKOFF_SECS = 0.5
+MIN_BACKOFF_SECS = 0.1  # a session failing right after its (costly) listing resets the backoff: never spin
 MAX_REMEMBERED = 10_000
 
 
@@ -124,19 +125,6 @@ class _Tracker:
         return [Change("remove", cid, old)] if old is not None else []
 
 
-class _Backoff:
-    """Exponential, jittered, capped: many shippers must not reconnect to a restarted dockerd in step."""
-
-    def __init__(self, cap: float) -> None:
-        self.cap = max(cap, INITIAL_BACKOFF_SECS)
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        base = min(self.cap, INITIAL_BACKOFF_SECS * 2 ** min(self.failures - 1, 30))
-        return base * random.uniform(0.8, 1.0)
-
-
 class ApiDiscovery(ContainerDiscovery):
     def __init__(self, client: DockerClient, cfg: Config, metrics: Metrics, *,
                  health_interval_secs: float = 30.0, inspect_concurrency: int = 8,
@@ -147,7 +135,9 @@ class ApiDiscovery(ContainerDiscovery):
         self._host = cfg.host.resolved_name
         self._allow = list(cfg.select.env_allowlist)
         self._data_root = cfg.docker.data_root
-        self._backoff = _Backoff(cfg.docker.reconnect_max_secs)
+        # jittered: many shippers must not reconnect to a restarted dockerd in step
+        self._backoff = Backoff(INITIAL_BACKOFF_SECS, max(cfg.docker.reconnect_max_secs, INITIAL_BACKOFF_SECS),
+                                floor=MIN_BACKOFF_SECS)
         self._health = health_interval_secs
         self._sem = asyncio.Semaphore(inspect_concurrency)
         self._tracker = _Tracker()
@@ -177,7 +167,7 @@ class ApiDiscovery(ContainerDiscovery):
                 log.warning("unexpected answer from the Docker API; reconnecting", exc_info=True)
             self.synced.clear()
             delay = self._backoff.next_delay()
-            n = self._backoff.failures
+            n = self._backoff.attempt
             level = logging.WARNING if n == 1 or n % 10 == 0 else logging.DEBUG
             log.log(level, "Docker API lost, will reconnect attempt=%d retry_in=%.2fs error=%s",
                     n, delay, err)
@@ -186,11 +176,11 @@ class ApiDiscovery(ContainerDiscovery):
     def _on_synced(self, stream: EventStream) -> None:
         if stream.server_time is not None:
             self._since = max(self._since or 0, int(stream.server_time) * 1_000_000_000)
-        if self._backoff.failures:
+        if self._backoff.attempt:
             self._metrics.inc(RECONNECTS)
             log.warning("Docker API reconnected after %d failed attempts; resynced containers=%d",
-                        self._backoff.failures, len(self._tracker.known))
-            self._backoff.failures = 0
+                        self._backoff.attempt, len(self._tracker.known))
+            self._backoff.reset()
         self.synced.set()
 
     async def _session(self) -> AsyncIterator[Change]:

@@ -1,17 +1,22 @@
 """The one interface every sink implements.
 
-A sink only delivers: `send(batch)` returns once the batch is delivered as far as its protocol can tell,
-or raises `RetryableSinkError` (the runner backs off and sends the same batch again) or `FatalSinkError`
-(the batch can never succeed: the runner counts it as dropped and moves on). Retries, backoff and buffer
-acks live in `shipper.sinks.runner`, not here.
+A sink turns records into a request once (`encode`, pure: the same batches give the same bytes) and sends
+it (`send`), as Vector's request builder and service do. `send` returns None once the whole request is
+delivered as far as its protocol can tell, a `Partial` when some events were delivered and others must be
+retried or were refused (a Beats window acked in part, Kafka partitions failing alone), or raises
+`RetryableSinkError` (the runner backs off and sends the same request again) or `FatalSinkError` (it can
+never succeed: counted as dropped, reason logged). Retries, backoff, requests in flight and buffer acks
+live in `shipper.sinks.runner`, not here. Several requests may be in flight at once (`max_in_flight`): a
+sink that holds one connection serialises its writes itself.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from shipper.config import SinkBase
 from shipper.event import Batch
@@ -28,6 +33,47 @@ class SinkContext:
     metrics: Metrics
 
 
+@dataclass(slots=True)
+class Request:
+    """What one send carries: the batches (events numbered 0.. in their order) and their encoding."""
+
+    batches: list[Batch]
+    payload: Any
+    events: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.events:
+            self.events = sum(len(b.events) for b in self.batches)
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """Some events of a request were delivered: `retry` (indices into the request's events) must be sent
+    again, `rejected` never will be (counted as dropped with `reason`); every other event was delivered."""
+
+    retry: Sequence[int] = ()
+    rejected: Sequence[int] = ()
+    reason: str = ""
+
+
+def pick(batches: Sequence[Batch], indices: Sequence[int]) -> list[Batch]:
+    """The batches holding only the events at `indices` (numbered across `batches`, ascending)."""
+    out: list[Batch] = []
+    wanted = iter(sorted(indices))
+    want = next(wanted, None)
+    base = 0
+    for b in batches:
+        n = len(b.events)
+        keep = []
+        while want is not None and want < base + n:
+            keep.append(b.events[want - base])
+            want = next(wanted, None)
+        if keep:
+            out.append(b if len(keep) == n else Batch(b.container, keep, b.checkpoint))
+        base += n
+    return out
+
+
 class Sink(ABC):
     Config: ClassVar[type[SinkBase]] = SinkBase
 
@@ -36,14 +82,23 @@ class Sink(ABC):
         self.context = context
 
     async def start(self) -> None:  # noqa: B027 - optional hook
-        """Open connections or files. May raise RetryableSinkError; the runner retries."""
+        """Open connections or files. Any exception is retried by the runner."""
 
     @abstractmethod
-    async def send(self, batch: Batch) -> None:
-        """Deliver every event of `batch`, or raise a SinkError."""
+    def encode(self, batches: list[Batch]) -> Request:
+        """Build the request for these batches; pure, so a retry resends exactly the same bytes."""
+
+    def subset(self, request: Request, indices: Sequence[int]) -> Request:
+        """The request for some of `request`'s events (what a Partial left to retry). Encodes them again;
+        a sink whose encoding is per event slices it instead."""
+        return self.encode(pick(request.batches, indices))
+
+    @abstractmethod
+    async def send(self, request: Request) -> Partial | None:
+        """Deliver `request`: None when all of it was delivered, a Partial, or raise a SinkError."""
 
     async def healthcheck(self) -> None:  # noqa: B027 - optional hook
-        """Raise a SinkError when the destination cannot be reached."""
+        """Raise when the destination cannot be reached."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and release what start() opened."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 
 from shipper.config import ConfigError, SinkBase, doc
 from shipper.errors import RetryableSinkError
-from shipper.event import Batch, JsonLinesEncoder
-from shipper.sinks.base import Sink, SinkContext
+from shipper.event import Batch
+from shipper.sinks.base import Request, Sink, SinkContext
+from shipper.sinks.ecs import JsonLinesEncoder
 from shipper.telemetry import events as tel
 
 
@@ -20,6 +22,7 @@ class FileConfig(SinkBase):
     fsync: bool = doc(False, "fsync after every batch")
 
     def validate(self, key: str) -> None:
+        super().validate(key)
         if self.max_bytes < 0:
             raise ConfigError(f"{key}.max_bytes", "must not be negative")
 
@@ -34,13 +37,17 @@ class FileSink(Sink):
         self.encoder = JsonLinesEncoder()
         self._fd = -1
         self._size = 0
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            await asyncio.to_thread(self._open)
         except OSError as e:
             raise RetryableSinkError(f"cannot open {self.path}: {e}") from e
+
+    def _open(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = os.fstat(self._fd).st_size
         self._cut_torn_line()
 
@@ -80,24 +87,32 @@ class FileSink(Sink):
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = 0
 
-    async def send(self, batch: Batch) -> None:
-        data = self.encoder.encode_batch(batch)
-        try:
-            if self._fd < 0:
-                await self.start()
-            if self.config.max_bytes and self._size and self._size + len(data) > self.config.max_bytes:
-                self._rotate()
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-            self._size += len(data)
-            if self.config.fsync:
-                os.fsync(self._fd)
-        except OSError as e:
-            raise RetryableSinkError(f"cannot write {self.path}: {e}") from e
+    def encode(self, batches: list[Batch]) -> Request:
+        return Request(batches, self.encoder.encode(batches))
+
+    async def send(self, request: Request) -> None:
+        async with self._lock:  # requests in flight append one after another, whole
+            try:
+                await asyncio.to_thread(self._append, request.payload)
+            except OSError as e:
+                raise RetryableSinkError(f"cannot write {self.path}: {e}") from e
+
+    def _append(self, data: bytes) -> None:
+        """In a worker thread: a write, a rotation or an fsync must not stall the event loop."""
+        if self._fd < 0:
+            self._open()
+        if self.config.max_bytes and self._size and self._size + len(data) > self.config.max_bytes:
+            self._rotate()
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._size += len(data)
+        if self.config.fsync:
+            os.fsync(self._fd)
 
     async def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        async with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

@@ -1,11 +1,31 @@
-"""Counts and discards: the end of the line for benchmarks."""
+"""Counts and discards: the end of the line for benchmarks. With `encode = true` it builds the ECS JSON
+of every event first, so a benchmark pays what a JSON sink pays."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from shipper.config import SinkBase, doc
 from shipper.event import Batch
-from shipper.sinks.base import Sink
+from shipper.sinks.base import Request, Sink, SinkContext
+from shipper.sinks.ecs import JsonLinesEncoder
+
+
+@dataclass(frozen=True)
+class NullConfig(SinkBase):
+    encode: bool = doc(False, "encode every event as ECS JSON, then discard it (what a JSON sink pays)")
 
 
 class NullSink(Sink):
-    async def send(self, batch: Batch) -> None:
+    Config = NullConfig
+    config: NullConfig
+
+    def __init__(self, config: NullConfig, context: SinkContext) -> None:
+        super().__init__(config, context)
+        self.encoder = JsonLinesEncoder() if config.encode else None
+
+    def encode(self, batches: list[Batch]) -> Request:
+        return Request(batches, self.encoder.encode(batches) if self.encoder is not None else None)
+
+    async def send(self, request: Request) -> None:
         return None

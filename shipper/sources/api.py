@@ -29,9 +29,9 @@ import logging
 import re
 import struct
 import time
-from datetime import UTC, datetime
 from typing import Any
 
+from shipper.backoff import Backoff
 from shipper.config import StartAt
 from shipper.docker.client import DockerClient, LogStream, since_from_ns
 from shipper.docker.metadata import ContainerInfo
@@ -39,9 +39,12 @@ from shipper.errors import ContainerGone, DockerError, DockerUnavailable
 from shipper.event import Batch, Checkpoint, ContainerMeta
 from shipper.sources.base import LogSource, SourceContext
 from shipper.telemetry import events
+from shipper.timefmt import parse_ns
 
 log = logging.getLogger("shipper.sources.api")
 
+RETRY_INITIAL_SECS = 0.1  # first reconnect delay of a log stream; then doubling up to docker.reconnect_max_secs
+RETRY_FLOOR_SECS = 0.05  # a stream that ends at once (with data, so the backoff resets) must not spin
 MAX_FRAME = 1024 * 1024  # dockerd frames hold one message (16 KiB of text at most): longer is a broken stream
 PARTIAL_BYTES = 16 * 1024  # dockerd's partial message size
 _HEADER = struct.Struct(">BxxxL")
@@ -147,21 +150,7 @@ def format_position(ts: str, n: int) -> str:
     return f"{ts}+{n:06d}" if n else ts
 
 
-def ts_to_ns(ts: str) -> int:
-    """Unix nanoseconds of an RFC 3339 timestamp with up to nine fraction digits."""
-    base = datetime.fromisoformat(ts[:19]).replace(tzinfo=UTC)
-    rest = ts[19:]
-    frac = 0
-    if rest.startswith("."):
-        digits = len(rest) - len(rest[1:].lstrip("0123456789"))
-        frac = int(rest[1:digits].ljust(9, "0")[:9] or "0")
-        rest = rest[digits:]
-    offset = 0
-    if rest and rest not in ("Z", "z"):
-        sign = -1 if rest[0] == "-" else 1
-        hh, mm = rest[1:].split(":")
-        offset = sign * (int(hh) * 3600 + int(mm) * 60)
-    return (int(base.timestamp()) - offset) * 1_000_000_000 + frac
+ts_to_ns = parse_ns  # the name the json-file reader and the tests import
 
 
 class ApiSource(LogSource):
@@ -176,7 +165,7 @@ class ApiSource(LogSource):
         self._batch_max = cfg.input.batch_max_events
         self._chunk = cfg.input.read_chunk_bytes
         self._poll = max(cfg.docker.poll_interval_secs, 0.01)
-        self._backoff_max = max(cfg.docker.reconnect_max_secs, 0.1)
+        self._backoff_max = max(cfg.docker.reconnect_max_secs, RETRY_INITIAL_SECS)
         self._decoder: FrameDecoder | TtyDecoder = TtyDecoder() if info.tty else FrameDecoder()
         # what has been handed to the assembler: the last timestamp and how many entries carried it
         self._last_ts = ""
@@ -210,8 +199,8 @@ class ApiSource(LogSource):
     # --- the loop --------------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        backoff = 0.1
-        failures = 0
+        backoff = Backoff(RETRY_INITIAL_SECS, self._backoff_max, floor=RETRY_FLOOR_SECS)
+        failures = 0  # connections that failed in a row (the backoff also counts clean ends without data)
         cid = self.meta.id
         while not self._closing:
             self._start_connection()
@@ -228,18 +217,19 @@ class ApiSource(LogSource):
             except DockerError as e:  # unreachable, cut, broken, or an HTTP error
                 failures += 1
                 got, ended_cleanly = False, False
+                delay = backoff.next_delay()
                 self.ctx.metrics.inc("shipper_docker_reconnects_total", where="logs")
                 log.log(logging.WARNING if failures == 1 or failures % 10 == 0 else logging.DEBUG,
                         "log stream failed, will reconnect container=%s attempt=%d retry_in=%.1fs error=%s",
-                        self._label, failures, backoff, e)
+                        self._label, failures, delay, e)
             if self._closing:
                 await self._emit()
                 return
             if got:
-                backoff, failures = 0.1, 0
+                backoff.reset()
+                failures = 0
             if not ended_cleanly:
-                await self._idle(backoff)
-                backoff = min(backoff * 2, self._backoff_max)
+                await self._idle(delay)
                 continue
             # a clean end: the container stopped, or dockerd is going away
             try:
@@ -248,16 +238,14 @@ class ApiSource(LogSource):
                 await self._finish()
                 return
             except DockerError:
-                await self._idle(backoff)
-                backoff = min(backoff * 2, self._backoff_max)
+                await self._idle(backoff.next_delay())
                 continue
             if running and not self._removed:
                 if self._stop_pending:  # it exited and was restarted already: close what the last run left open
                     self._stop_pending = False
                     self._asm.flush()
                     await self._emit()
-                await self._idle(min(backoff, self._poll))
-                backoff = min(backoff * 2, self._backoff_max)
+                await self._idle(min(backoff.next_delay(), self._poll))
                 continue
             # exited: everything it wrote was in the stream
             self._stop_pending = False
@@ -275,13 +263,12 @@ class ApiSource(LogSource):
 
     async def _wait_restart(self) -> bool:
         """Wait until the stopped container runs again (True) or is removed / shutdown comes (False)."""
-        delay = self._poll
+        pace = Backoff(self._poll, max(self._backoff_max, self._poll), floor=self._poll)  # slowing, >= poll
         while True:
-            await self._idle(delay)
+            await self._idle(pace.next_delay())
             if self._removed or self._closing:
                 await self._emit()
                 return False
-            delay = min(delay * 2, self._backoff_max)
             try:
                 if await self._running_now():
                     return True
@@ -357,7 +344,7 @@ class ApiSource(LogSource):
         if self._last_ts:
             self._skip_n, self._skip_seen = self._run, 0
             try:
-                self._skip_ns = ts_to_ns(self._last_ts)
+                self._skip_ns = parse_ns(self._last_ts)
             except ValueError:
                 log.warning("unreadable resume position, reading from the start container=%s position=%r",
                             self._label, self._last_ts)
@@ -365,7 +352,7 @@ class ApiSource(LogSource):
 
     def _since(self) -> str | None:
         if self._last_ts:
-            return since_from_ns(ts_to_ns(self._last_ts))
+            return since_from_ns(parse_ns(self._last_ts))
         return self._fresh_since
 
     def _feed(self, frames: list[tuple[int, bytes]]) -> None:
@@ -401,7 +388,7 @@ class ApiSource(LogSource):
         """The resume filter: True for an entry emitted before this connection (see the module doc)."""
         assert self._skip_ns is not None
         try:
-            ns = ts_to_ns(ts)
+            ns = parse_ns(ts)
         except ValueError:
             ns = self._skip_ns + 1  # unreadable: deliver it rather than guess
         if ns < self._skip_ns:

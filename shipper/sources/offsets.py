@@ -10,12 +10,12 @@ that cannot be read is logged and treated as empty: reading again from the start
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from shipper.atomicfile import write_atomic
 from shipper.event import Checkpoint
 
 log = logging.getLogger("shipper.offsets")
@@ -105,24 +105,9 @@ class OffsetStore:
                            | ({"streams": cp.streams} if cp.streams else {})
                            for cid, cp in self._cps.items()},
         }
-        data = orjson.dumps(doc)
-        tmp = self.path.with_name(f".{FILE_NAME}.tmp")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dfd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_atomic(self.path, orjson.dumps(doc), fsync=True)
         except OSError as e:
             log.error("cannot save offsets (will retry) path=%s error=%r", self.path, e)
             return False

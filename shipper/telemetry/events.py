@@ -5,8 +5,13 @@ and updates its metric together, so no drop or failure is counted without being 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from shipper.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from shipper.event import Batch
 
 log = logging.getLogger("shipper")
 _said: set[tuple[str, ...]] = set()
@@ -52,17 +57,42 @@ def events_dropped(m: Metrics, reason: str, n: int, where: str = "") -> None:
                   "logged once per reason)", n, reason, where)
 
 
-def sink_retry(m: Metrics, sink: str, error: BaseException, attempt: int, delay: float) -> None:
+def sink_retry(m: Metrics, sink: str, error: BaseException, attempt: int, delay: float, what: str = "send") -> None:
     m.inc("shipper_sink_retries_total", sink=sink)
     level = logging.WARNING if attempt <= 1 or attempt % 10 == 0 else logging.DEBUG
-    log.log(level, "sink send failed, will retry sink=%s attempt=%d retry_in=%.2fs error=%r",
-            sink, attempt, delay, error)
+    log.log(level, "sink %s failed, will retry sink=%s attempt=%d retry_in=%.2fs error=%r",
+            what, sink, attempt, delay, error)
+
+
+def sink_rejected(m: Metrics, sink: str, n: int, error: BaseException) -> None:
+    """The destination refused events for good (they can never succeed): dropped, with the reason."""
+    m.inc("shipper_events_dropped_total", n, reason="sink_rejected", where=sink)
+    if _once("rejected", sink, type(error).__name__):
+        log.error("sink refused events for good count=%d sink=%s error=%r (counted in "
+                  "shipper_events_dropped_total{reason=\"sink_rejected\"}; logged once per sink and kind)",
+                  n, sink, error)
+
+
+def request_given_up(m: Metrics, sink: str, batches: Sequence[Batch], n: int, error: BaseException,
+                     reason: str) -> None:
+    """A request that failed for a reason that is not an outage, too often: given up, so it cannot stall
+    the sink. The log line names its time window and containers, for `shipper replay`."""
+    m.inc("shipper_events_dropped_total", n, reason=reason, where=sink)
+    stamps = [ev.timestamp for b in batches for ev in (b.events[0], b.events[-1]) if b.events]
+    names = sorted({b.container.name for b in batches})
+    log.error("sink gave up a request count=%d sink=%s reason=%s error=%r since=%s until=%s containers=%s "
+              "(counted in shipper_events_dropped_total; with a disk spool and retention, `shipper replay "
+              "--since/--until` can send it again)", n, sink, reason, error, min(stamps, default="-"),
+              max(stamps, default="-"), ",".join(names[:20]))
+
+
+SINK_STATES = {"up": 0, "retrying": 1, "failing": 2, "starting": 3}
 
 
 def sink_state(m: Metrics, sink: str, state: str) -> None:
     """Called on every change of a sink's state (the runner keeps the previous one)."""
     log.info("sink state changed sink=%s state=%s", sink, state)
-    m.set("shipper_sink_state", {"starting": 0, "up": 0, "retrying": 1, "failing": 2}[state], sink=sink)
+    m.set("shipper_sink_state", SINK_STATES[state], sink=sink)
 
 
 def spool_push_failed(m: Metrics, error: BaseException, retry_in: float) -> None:

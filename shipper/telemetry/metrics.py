@@ -21,7 +21,7 @@ HELP: dict[str, str] = {
     "shipper_log_gap_total": "Times Docker rotated away or truncated log data that was never read.",
     "shipper_log_gap_bytes_total": "Bytes of log data lost to rotation or truncation before being read.",
     "shipper_sink_retries_total": "Sends that failed and were retried.",
-    "shipper_sink_state": "Sink state: 0 up, 1 retrying, 2 failing.",
+    "shipper_sink_state": "Sink state: 0 up, 1 retrying, 2 failing, 3 starting.",
     "shipper_containers": "Containers being read.",
     "shipper_buffer_events": "Events in the buffer.",
     "shipper_buffer_bytes": "Bytes in the buffer.",

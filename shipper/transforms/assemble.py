@@ -68,7 +68,8 @@ def cut_utf8(text: str, limit: int) -> str:
 def position_key(p: Position) -> Any:
     """A sort key for positions: offsets as they are; RFC 3339 timestamps (optionally with a suffix after
     the "Z", such as the API reader's "+000002") with the fraction padded to 9 digits, because Docker trims
-    trailing zeros and "…00.1Z" must sort after "…00.09Z"."""
+    trailing zeros and "…00.1Z" must sort after "…00.09Z". Text, not `timefmt.parse_ns`: positions are
+    Docker's own UTC stamps, compared per entry while skipping after a restart, and a key must never raise."""
     if not isinstance(p, str):
         return p
     dot = p.find(".")

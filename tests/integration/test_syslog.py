@@ -119,7 +119,7 @@ async def test_every_field_arrives_intact(rsyslog: Rsyslog, kind: str, table: di
                          for i, (ts, _, msg, stream, fields, _) in enumerate(EVENTS)])
     sink = make_sink(rsyslog.address(kind), procid="{container.id:12}", **with_tls(rsyslog, kind, table))
     await sink.start()
-    await sink.send(batch)
+    await sink.send(sink.encode([batch]))
     await sink.close()
 
     recs = await rsyslog.wait_records(of(meta), len(EVENTS))
@@ -164,7 +164,7 @@ async def test_sizes_are_cut_only_past_the_limit(rsyslog: Rsyslog, kind: str, ta
     ts = "2024-05-01T12:34:56.123456789Z"
     messages = [sized(n, i) for i, n in enumerate(SIZES)]
     sink = make_sink(rsyslog.address(kind), **with_tls(rsyslog, kind, table))
-    await sink.send(Batch(meta, [Event(ts, m, seq=i) for i, m in enumerate(messages)]))
+    await sink.send(sink.encode([Batch(meta, [Event(ts, m, seq=i) for i, m in enumerate(messages)])]))
     await sink.close()
 
     recs = await rsyslog.wait_records(of(meta), len(SIZES))
@@ -195,7 +195,7 @@ async def test_limit_boundary_to_the_byte(rsyslog: Rsyslog, kind: str) -> None:
     messages = ["y" * (total - len(header)) for total in (479, 480, 481)]
     sink = make_sink(rsyslog.address(kind), max_message_bytes=480)
     ts = "2024-05-01T12:34:56.123456Z"
-    await sink.send(Batch(meta, [Event(ts, m, seq=i) for i, m in enumerate(messages)]))
+    await sink.send(sink.encode([Batch(meta, [Event(ts, m, seq=i) for i, m in enumerate(messages)])]))
     await sink.close()
     recs = await rsyslog.wait_records(of(meta), 3)
     assert [len(header) + len(r["msg"]) for r in recs] == [479, 480, 480]
@@ -210,7 +210,7 @@ async def test_rfc3164(rsyslog: Rsyslog, kind: str, table: dict[str, Any]) -> No
               Event("2024-05-01T12:34:56Z", "third", "stdout", {"severity": "notice"}, seq=2)]
     sink = make_sink(rsyslog.address(kind), format="rfc3164", procid="{container.id:8}", facility="user",
                      **table)
-    await sink.send(Batch(meta, events))
+    await sink.send(sink.encode([Batch(meta, events)]))
     await sink.close()
     recs = await rsyslog.wait_records(of(meta), 3)
     assert [r["pri"] for r in recs] == ["14", "11", "13"]
@@ -230,7 +230,7 @@ async def test_failover_to_the_next_address(rsyslog: Rsyslog) -> None:
         sink = make_sink([dead.address("tcp"), rsyslog.address("tcp")])
         await sink.healthcheck()
         assert str(sink.address) == rsyslog.address("tcp")
-        await sink.send(Batch(meta, [Event("2024-05-01T00:00:00Z", f"m{i}", seq=i) for i in range(5)]))
+        await sink.send(sink.encode([Batch(meta, [Event("2024-05-01T00:00:00Z", f"m{i}", seq=i) for i in range(5)])]))
         await sink.close()
         recs = await rsyslog.wait_records(of(meta), 5)
         assert [r["msg"] for r in recs] == [f"m{i}" for i in range(5)]
@@ -334,13 +334,13 @@ async def test_a_receiver_gone_since_the_last_batch_fails_the_next_one(kind: str
     try:
         meta = container()
         sink = make_sink(r.address(kind), **with_tls(r, kind, {"connect_timeout_secs": 2}))
-        await sink.send(Batch(meta, [Event("2024-05-01T00:00:00Z", "before")]))
+        await sink.send(sink.encode([Batch(meta, [Event("2024-05-01T00:00:00Z", "before")])]))
         assert len(await r.wait_records(of(meta), 1, settle=0)) == 1  # read by rsyslog, not just written
         r.stop()  # blocks the loop: the FIN waits unread in the socket
         with pytest.raises(RetryableSinkError):
-            await sink.send(Batch(meta, [Event("2024-05-01T00:00:00Z", "after")]))
+            await sink.send(sink.encode([Batch(meta, [Event("2024-05-01T00:00:00Z", "after")])]))
         r.start()
-        await sink.send(Batch(meta, [Event("2024-05-01T00:00:00Z", "after")]))
+        await sink.send(sink.encode([Batch(meta, [Event("2024-05-01T00:00:00Z", "after")])]))
         await sink.close()
         assert [rec["msg"] for rec in await r.wait_records(of(meta), 2)] == ["before", "after"]
     finally:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from shipper.event import Batch, ContainerMeta, Event
+from shipper.timefmt import NS_PER_SEC, RFC3339, parse_ns
 
 NILVALUE = "-"
 SYSLOG_VERSION = 1
@@ -32,7 +34,6 @@ LF_ESCAPE = b"#012"  # what rsyslog itself writes for an escaped LF ($EscapeCont
 SD_HASH_CHARS = 8  # hex digits that keep a shortened PARAM-NAME distinct
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-_TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:[.,](\d+))?([Zz]|[+-]\d\d:?\d\d)$")
 _SD_ID = re.compile(r'[!-~]+')
 _SD_NAME_BAD = re.compile(r'[^!-~]|[=\]"]')
 _TAG_BAD = re.compile(r"[^!-~]|[:\[\]/]")
@@ -228,23 +229,23 @@ def tag_3164(value: str) -> str:
 
 
 def utc_parts(ts: str) -> tuple[str, str, str] | None:
-    """Docker's RFC 3339 timestamp as UTC ('YYYY-MM-DD', 'hh:mm:ss', six fraction digits, truncated)."""
-    m = _TIMESTAMP.match(ts)
+    """Docker's RFC 3339 timestamp as UTC ('YYYY-MM-DD', 'hh:mm:ss', six fraction digits, truncated).
+
+    This runs per event: a UTC time (Docker's) is only cut into its fields, no arithmetic; a time with an
+    offset goes through `parse_ns` to be moved to UTC."""
+    m = RFC3339.fullmatch(ts)
     if m is None:
         return None
-    date, clock, frac, offset = m.groups()
-    frac = (frac or "")[:6].ljust(6, "0")
-    if offset not in ("Z", "z"):
-        sign = 1 if offset[0] == "+" else -1
-        digits = offset[1:].replace(":", "")
-        delta = timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
-        try:
-            local = datetime.fromisoformat(f"{date}T{clock}")
-        except ValueError:
-            return None
-        utc = local - sign * delta
-        date, clock = utc.strftime("%Y-%m-%d"), utc.strftime("%H:%M:%S")
-    return date, clock, frac
+    date, clock, frac, zone = m.groups()
+    if zone == "Z" or zone == "z":
+        return date, clock, (frac or "")[:6].ljust(6, "0")
+    try:
+        secs, ns = divmod(parse_ns(ts), NS_PER_SEC)  # no zone: refused
+    except ValueError:
+        return None
+    t = time.gmtime(secs)
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}", f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}",
+            f"{ns // 1000:06d}")
 
 
 def rfc5424_timestamp(ts: str) -> str:

@@ -8,15 +8,17 @@ repeat what was already sent.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shipper.config import SinkBase, doc
 from shipper.errors import ConfigError, RetryableSinkError
 from shipper.event import Batch
-from shipper.sinks.base import Sink, SinkContext
+from shipper.sinks.base import Partial, Request, Sink, SinkContext, pick
 from shipper.sinks.syslog.encode import (
     MIN_MESSAGE_BYTES,
     NILVALUE,
@@ -95,6 +97,7 @@ class SyslogConfig(SinkBase):
     write_timeout_secs: float = doc(30.0, "longest wait for a batch to be taken by the socket")
 
     def validate(self, key: str) -> None:
+        super().validate(key)
         if not self.address:
             raise ConfigError(f"{key}.address", "needs at least one address")
         addresses = []
@@ -137,15 +140,16 @@ class SyslogConfig(SinkBase):
                               sd_labels=self.sd_labels, bom=self.bom, host_name=host_name)
 
 
-@dataclass(slots=True)
-class _Pending:
-    """The batch being sent, kept across retries so it is encoded and counted once."""
+class SyslogPayload:
+    """A request's messages. Encoded when the request is built for the first address's transport, and again
+    only if a failover lands on a transport with other framing or size limit; truncations are counted once."""
 
-    batch: Batch
-    key: tuple[bool, int] | None = None  # (stream framing, limit) the encoding was made for
-    encoded: Encoded | None = None
-    done: int = 0  # messages already sent (datagrams: each went out whole)
-    counted: bool = False
+    __slots__ = ("batches", "by_key", "counted")
+
+    def __init__(self, batches: list[Batch]) -> None:
+        self.batches = batches
+        self.by_key: dict[tuple[bool, int], Encoded] = {}
+        self.counted = False
 
 
 def _describe(e: BaseException) -> str:
@@ -168,7 +172,7 @@ class SyslogSink(Sink):
         self.index = 0  # the address in use, or tried first on the next connect
         self.transport: Transport | None = None
         self._tls: ssl.SSLContext | None = None
-        self._pending: _Pending | None = None
+        self._lock = asyncio.Lock()
 
     @property
     def address(self) -> Address:
@@ -184,7 +188,8 @@ class SyslogSink(Sink):
                 raise RetryableSinkError(f"syslog TLS setup failed (tls_ca/tls_cert/tls_key): {e}") from e
 
     async def healthcheck(self) -> None:
-        await self._ready()
+        async with self._lock:
+            await self._ready()
 
     async def _ready(self) -> Transport:
         t = self.transport
@@ -223,35 +228,58 @@ class SyslogSink(Sink):
     def limit(self, address: Address) -> int:
         return self.config.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES[address.scheme]
 
-    async def send(self, batch: Batch) -> None:
-        if not batch.events:
-            return
-        transport = await self._ready()
-        pending = self._pending
-        if pending is None or pending.batch is not batch:
-            pending = self._pending = _Pending(batch)
-        key = (transport.stream, self.limit(transport.address))
-        if pending.key != key or pending.encoded is None:
-            framing = self.config.framing if transport.stream else None
-            pending.encoded = self.encoder.encode_batch(batch, key[1], framing)
-            pending.key = key
-            if not pending.counted:
-                pending.counted = True
-                self._count(batch, pending.encoded)
-        try:
-            too_large = await transport.send(pending.encoded.messages[pending.done:],
-                                             self.config.write_timeout_secs)
-        except OSError as e:  # also TimeoutError and ssl.SSLError
-            if not transport.stream:
-                pending.done += transport.progress
-            await self._drop()
-            if len(self.addresses) > 1:
-                self.index = (self.index + 1) % len(self.addresses)
-            raise RetryableSinkError(f"syslog send to {transport.address} failed: {_describe(e)}") from e
-        self._pending = None
+    def _key(self, stream: bool, address: Address) -> tuple[bool, int]:
+        return stream, self.limit(address)
+
+    def encode(self, batches: list[Batch]) -> Request:
+        payload = SyslogPayload(batches)
+        first = self.addresses[self.index]
+        self._encoded(payload, self._key(first.stream, first))
+        return Request(batches, payload)
+
+    def _encoded(self, payload: SyslogPayload, key: tuple[bool, int]) -> Encoded:
+        enc = payload.by_key.get(key)
+        if enc is None:
+            framing = self.config.framing if key[0] else None
+            parts = [self.encoder.encode_batch(b, key[1], framing) for b in payload.batches]
+            if not payload.counted:
+                payload.counted = True
+                for batch, part in zip(payload.batches, parts, strict=True):
+                    self._count(batch, part)
+            enc = parts[0] if len(parts) == 1 else Encoded([m for p in parts for m in p.messages])
+            payload.by_key[key] = enc
+        return enc
+
+    def subset(self, request: Request, indices: Sequence[int]) -> Request:
+        """Datagrams that did not go out: the same messages, not encoded (or counted) again."""
+        old: SyslogPayload = request.payload
+        batches = pick(request.batches, indices)
+        payload = SyslogPayload(batches)
+        payload.counted = True
+        payload.by_key = {k: Encoded([e.messages[i] for i in indices]) for k, e in old.by_key.items()}
+        return Request(batches, payload, len(indices))
+
+    async def send(self, request: Request) -> Partial | None:
+        if not request.events:
+            return None
+        async with self._lock:  # one connection: requests in flight are written one after another
+            transport = await self._ready()
+            enc = self._encoded(request.payload, self._key(transport.stream, transport.address))
+            try:
+                too_large = await transport.send(enc.messages, self.config.write_timeout_secs)
+            except OSError as e:  # also TimeoutError and ssl.SSLError
+                went = 0 if transport.stream else transport.progress  # datagrams went out whole, each
+                await self._drop()
+                if len(self.addresses) > 1:
+                    self.index = (self.index + 1) % len(self.addresses)
+                reason = f"syslog send to {transport.address} failed: {_describe(e)}"
+                if went:
+                    return Partial(retry=range(went, request.events), reason=reason)
+                raise RetryableSinkError(reason) from e
         if too_large:
             tel.events_dropped(self.context.metrics, "syslog_datagram_too_large", len(too_large),
                                self.context.name)
+        return None
 
     def _count(self, batch: Batch, encoded: Encoded) -> None:
         m, container = self.context.metrics, batch.container.name

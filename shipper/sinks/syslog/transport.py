@@ -15,10 +15,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from shipper.tls import client_context
+
 SCHEMES = ("udp", "tcp", "tls", "unix")
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}  # RFC 5426, common practice, RFC 5425
 UDP_MAX_PAYLOAD = 65507  # IPv4: 65535 - 8 (UDP header) - 20 (IP header)
-TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # TLS 1.3 finishes the client's handshake before the server has checked the client's certificate: a
 # receiver that refuses it answers with an alert a round trip later, after the first batch would have been
 # written "successfully" into a connection about to close. Wait this long for such an answer first.
@@ -69,17 +70,7 @@ def parse_address(text: str) -> Address:
 
 def tls_context(ca: str, cert: str, key: str, verify_hostname: bool, min_version: str) -> ssl.SSLContext:
     """A client context that always checks the server's chain (against `ca`, else the system's roots)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = TLS_VERSIONS[min_version]
-    if ca:
-        ctx.load_verify_locations(cafile=ca)
-    else:
-        ctx.load_default_certs()
-    ctx.check_hostname = verify_hostname
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    if cert:
-        ctx.load_cert_chain(cert, key or None)
-    return ctx
+    return client_context(ca, cert, key, verify_hostname=verify_hostname, min_version=min_version)
 
 
 class Transport(ABC):

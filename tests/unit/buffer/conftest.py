@@ -9,9 +9,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from shipper.buffer.record import decode_record
 from shipper.buffer.spool import DiskSpool
 from shipper.config import BufferConfig, FsyncPolicy, WhenFull
-from shipper.event import Batch, Checkpoint, ContainerMeta, Event, decode_record
+from shipper.event import Batch, Checkpoint, ContainerMeta, Event
 from shipper.telemetry.metrics import Metrics
 
 CONTAINERS = {name: ContainerMeta(id=f"{name}-id-0123456789", name=name, image="busybox", host="h")

@@ -19,7 +19,7 @@ async def test_writes_one_ecs_event_a_line_and_rotates(tmp_path: Path) -> None:
     sink = FileSink(cfg, SinkContext("f", tmp_path, "h", Metrics()))  # type: ignore[arg-type]
     await sink.start()
     for i in range(30):
-        await sink.send(Batch(META, [Event("2026-11-26T00:00:00Z", f"line {i} é")]))
+        await sink.send(sink.encode([Batch(META, [Event("2026-11-26T00:00:00Z", f"line {i} é")])]))
     await sink.close()
     files = [tmp_path / "out.jsonl.2", tmp_path / "out.jsonl.1", tmp_path / "out.jsonl"]
     assert all(f.exists() for f in files)
@@ -35,7 +35,7 @@ async def test_default_path_is_in_state_dir(tmp_path: Path) -> None:
     cfg = load_dict({}, env={}).sinks["file"]
     sink = FileSink(cfg, SinkContext("file", tmp_path, "h", Metrics()))  # type: ignore[arg-type]
     await sink.start()
-    await sink.send(Batch(META, [Event("t", "x")]))
+    await sink.send(sink.encode([Batch(META, [Event("t", "x")])]))
     await sink.close()
     assert orjson.loads((tmp_path / "events.jsonl").read_bytes())["message"] == "x"
 
@@ -48,7 +48,7 @@ async def test_torn_last_line_is_cut_at_start(tmp_path: Path) -> None:
     cfg = load_dict({"sinks": {"f": {"type": "file", "path": str(out)}}}, env={}).sinks["f"]
     sink = FileSink(cfg, SinkContext("f", tmp_path, "h", m))  # type: ignore[arg-type]
     await sink.start()
-    await sink.send(Batch(META, [Event("t", "next")]))
+    await sink.send(sink.encode([Batch(META, [Event("t", "next")])]))
     await sink.close()
     lines = out.read_bytes().splitlines()
     assert orjson.loads(lines[0]) == {"message": "whole"}

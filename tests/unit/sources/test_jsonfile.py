@@ -19,7 +19,8 @@ from shipper.config import Config, DockerConfig, InputConfig, MultilineConfig, M
 from shipper.docker.metadata import ContainerInfo
 from shipper.event import Batch, Checkpoint, ContainerMeta, Flag
 from shipper.sources.base import SourceContext
-from shipper.sources.jsonfile import JsonFileSource, _Inotify
+from shipper.sources.jsonfile import JsonFileSource
+from shipper.sources.jsonfile.inotify import _Inotify
 from shipper.telemetry.metrics import Metrics
 
 CID = "c" * 64

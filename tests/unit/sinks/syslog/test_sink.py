@@ -31,7 +31,7 @@ def sink(tmp_path: Path, **table: object) -> SyslogSink:
 async def test_refused_tcp_is_retryable(tmp_path: Path) -> None:
     s = sink(tmp_path, address=f"tcp://127.0.0.1:{closed_port()}", connect_timeout_secs=2)
     with pytest.raises(RetryableSinkError, match="ConnectionRefusedError"):
-        await s.send(BATCH)
+        await s.send(s.encode([BATCH]))
     with pytest.raises(RetryableSinkError):
         await s.healthcheck()
 
@@ -40,7 +40,7 @@ async def test_every_address_is_tried_and_named(tmp_path: Path) -> None:
     a = closed_port()
     s = sink(tmp_path, address=[f"tcp://127.0.0.1:{a}", f"unix://{tmp_path}/missing.sock"])
     with pytest.raises(RetryableSinkError) as info:
-        await s.send(BATCH)
+        await s.send(s.encode([BATCH]))
     assert f"127.0.0.1:{a}" in str(info.value) and "missing.sock" in str(info.value)
 
 
@@ -52,5 +52,5 @@ async def test_missing_tls_files_are_reported_at_start(tmp_path: Path) -> None:
 
 async def test_empty_batch_needs_no_connection(tmp_path: Path) -> None:
     s = sink(tmp_path, address=f"tcp://127.0.0.1:{closed_port()}")
-    await s.send(Batch(BATCH.container, []))
+    await s.send(s.encode([Batch(BATCH.container, [])]))
     await s.close()

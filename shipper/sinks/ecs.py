@@ -1,0 +1,61 @@
+"""The ECS JSON document of an event: what every JSON sink (file, stdout, Kafka, Logstash) sends.
+
+One encoder for all of them, so a field is named the same everywhere. The container's part of the document
+is the same for every event of a container: it is serialised once per container and spliced in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from shipper.event import Batch, ContainerMeta, Event, event_id, flag_names
+
+
+def to_ecs(meta: ContainerMeta, ev: Event) -> dict[str, Any]:
+    """The whole event as an ECS document (what JSON sinks write)."""
+    doc: dict[str, Any] = {"@timestamp": ev.timestamp, "message": ev.message, "stream": ev.stream,
+                           "event": {"id": event_id(meta.id, ev)}}
+    doc.update(meta.ecs())
+    if ev.fields is not None:
+        doc["json"] = ev.fields
+    if ev.flags:
+        doc["log"] = {"flags": flag_names(ev.flags)}
+    return doc
+
+
+class JsonLinesEncoder:
+    """Encodes events as ECS JSON lines, reusing each container's metadata fragment across events."""
+
+    def __init__(self) -> None:
+        self._meta_key: ContainerMeta | None = None
+        self._meta_bytes = b""
+
+    def _fragment(self, meta: ContainerMeta) -> bytes:
+        if meta is not self._meta_key:
+            self._meta_key = meta
+            self._meta_bytes = orjson.dumps(meta.ecs())[1:-1]  # without the braces
+        return self._meta_bytes
+
+    def encode(self, batches: list[Batch]) -> bytes:
+        """Every event of `batches`, one JSON document a line."""
+        if len(batches) == 1:
+            return self.encode_batch(batches[0])
+        return b"".join([self.encode_batch(b) for b in batches])
+
+    def encode_batch(self, batch: Batch) -> bytes:
+        meta = batch.container
+        frag = self._fragment(meta)
+        dumps = orjson.dumps
+        cid = meta.id
+        out = []
+        for ev in batch.events:
+            head = {"@timestamp": ev.timestamp, "message": ev.message, "stream": ev.stream,
+                    "event": {"id": event_id(cid, ev)}}
+            if ev.fields is not None:
+                head["json"] = ev.fields
+            if ev.flags:
+                head["log"] = {"flags": flag_names(ev.flags)}
+            out.append(dumps(head)[:-1] + b"," + frag + b"}\n")
+        return b"".join(out)

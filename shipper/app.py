@@ -314,7 +314,7 @@ class App:
                 if now - at > FORGET_REMOVED_AFTER_SECS and cid not in self.readers:
                     self.offsets.forget(cid)
                     del self.removed_at[cid]
-            self.offsets.flush()
+            await self.offsets.flush_async()
 
     async def _log_stats(self) -> None:
         m = self.metrics

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 
 
@@ -47,3 +48,29 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Snapshots:
+    """One state file written from snapshots taken on the event loop and written in worker threads, so the
+    loop never waits for the disk. Writes may finish out of order (a periodic save still running when the
+    final one starts at shutdown): an older snapshot never replaces a newer one."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: int = 0o600) -> None:
+        self.path = Path(path)
+        self.mode = mode
+        self._lock = threading.Lock()
+        self._taken = 0
+        self._written = 0
+
+    def take(self) -> int:
+        """Number the snapshot about to be serialised (on the loop, in the order they are taken)."""
+        self._taken += 1
+        return self._taken
+
+    def write(self, data: bytes, fsync: bool, number: int) -> None:
+        """Write snapshot `number` unless a newer one is already on disk; raises OSError."""
+        with self._lock:
+            if number <= self._written:
+                return
+            write_atomic(self.path, data, fsync, self.mode)
+            self._written = number

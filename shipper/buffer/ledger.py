@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from shipper.atomicfile import fsync_dir, write_atomic
+from shipper.atomicfile import Snapshots, fsync_dir
 
 __all__ = ["LEDGER_NAME", "LEDGER_VERSION", "Ledger", "fsync_dir"]  # fsync_dir: the spool imports it from here
 
@@ -59,9 +59,20 @@ class Ledger:
                       "path=%s error=%r", path, e)
             return cls(path, damaged=True)
 
-    def save(self, fsync: bool = False) -> None:
+    def __post_init__(self) -> None:
+        self._file = Snapshots(self.path)
+
+    def snapshot(self) -> tuple[int, bytes]:
+        """The ledger as it is now, numbered so that a slower older write cannot replace it."""
         doc: dict[str, object] = {"version": LEDGER_VERSION, "next_seq": self.next_seq,
                                   "cursors": self.cursors, "damage": self.damage}
         if self.released is not None:
             doc["released"] = self.released
-        write_atomic(self.path, orjson.dumps(doc), fsync)
+        return self._file.take(), orjson.dumps(doc)
+
+    def write(self, snap: tuple[int, bytes], fsync: bool = False) -> None:
+        """Write a snapshot (from any thread); raises OSError."""
+        self._file.write(snap[1], fsync, snap[0])
+
+    def save(self, fsync: bool = False) -> None:
+        self.write(self.snapshot(), fsync)

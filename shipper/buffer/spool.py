@@ -52,6 +52,7 @@ from shipper.telemetry.metrics import Metrics
 __all__ = ["DiskSpool", "SpoolCursor", "SpoolReader"]
 SpoolReader = fmt.SpoolReader
 log = logging.getLogger("shipper.spool")
+LEDGER_SAVE_SECS = 0.2  # acks reach the ledger at most this often
 Mark = tuple[int, int]  # (segment first seq, end offset): a place in the write stream, ordered
 
 class _Segment:
@@ -162,6 +163,7 @@ class DiskSpool(Buffer):
         self._ticker: asyncio.Task[None] | None = None
         self._ledger_dirty = False
         self._ledger_scheduled = False
+        self._ledger_saved = 0.0  # monotonic time of the last ledger snapshot
         self._bad_reads: set[int] = set()
         self._released_seq = 0  # every record up to here had its checkpoint handed to on_safe
         self._recovered: list[Checkpoint] = []  # found at open, released once open() is back on the loop
@@ -430,17 +432,12 @@ class DiskSpool(Buffer):
     def _written(self) -> Mark:
         return (self._active.first_seq, self._active.size)
 
-    def _new_segment(self) -> _Segment:
+    def _new_segment(self, created: tuple[int, int] | None = None) -> _Segment:
+        """Start the segment of the next seq; `created` is (fd, time) when the file was made off the loop."""
         prev = self._segments[-1] if self._segments else None
         cum_before = prev.cum_before + prev.events if prev else 0
-        now = time.time_ns()
         path = fmt.segment_path(self.directory, self._next_seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, fmt.segment_header(self._next_seq, now))
-        except OSError:
-            os.close(fd)
-            raise
+        fd, now = created or _create_segment(path, self._next_seq)
         seg = _Segment(self._next_seq, path, fmt.SEG_HDR_SIZE, now, cum_before)
         seg.wfd = fd
         seg.dir_synced = self._policy is FsyncPolicy.NEVER
@@ -464,7 +461,12 @@ class DiskSpool(Buffer):
         if old.wfd is not None:
             os.close(old.wfd)
             old.wfd = None
-        self._new_segment()
+        path = fmt.segment_path(self.directory, self._next_seq)
+        try:
+            created = await asyncio.to_thread(_create_segment, path, self._next_seq)
+        except OSError as e:
+            raise SpoolError(f"cannot create spool segment {path}: {e}") from e
+        self._new_segment(created)
         if fsync:  # sealed with everything in it delivered already: it can go now
             self._reclaim(force=False)
 
@@ -659,8 +661,10 @@ class DiskSpool(Buffer):
 
     def _delete(self, seg: _Segment) -> None:
         seg.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(seg.path)
+        try:
+            asyncio.get_running_loop().run_in_executor(None, _unlink, seg.path)  # freeing blocks can take a while
+        except RuntimeError:
+            _unlink(seg.path)
         seg.deleted = True
         self._segments.remove(seg)
         self._disk_bytes -= seg.size
@@ -757,7 +761,8 @@ class DiskSpool(Buffer):
     # --- ledger ---------------------------------------------------------------------------------------
 
     def _mark_ledger_dirty(self) -> None:
-        """Coalesce the acks of one loop iteration into one ledger write."""
+        """Acks are saved at most every LEDGER_SAVE_SECS, written in a worker thread: a stale ledger only
+        means re-sending what was acked since (duplicates, never loss)."""
         self._ledger_dirty = True
         if self._ledger_scheduled or self._state != "open":
             return
@@ -767,22 +772,38 @@ class DiskSpool(Buffer):
             self._flush_ledger()
             return
         self._ledger_scheduled = True
-        loop.call_soon(self._flush_ledger)
+        loop.call_later(max(self._ledger_saved + LEDGER_SAVE_SECS - time.monotonic(), 0.0), self._flush_ledger)
 
     def _flush_ledger(self) -> None:
         self._ledger_scheduled = False
-        if self._ledger_dirty and self._state == "open":
-            try:
-                self._save_ledger()
-            except OSError as e:
-                log.error("spool ledger not saved, will retry path=%s error=%r", self._ledger.path, e)
+        if not self._ledger_dirty or self._state != "open":
+            return
+        snap = self._ledger_snapshot()
+        self._ledger_saved = time.monotonic()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_ledger(snap)
+            return
+        loop.run_in_executor(None, self._write_ledger, snap)
 
-    def _save_ledger(self, fsync: bool = False) -> None:
+    def _write_ledger(self, snap: tuple[int, bytes]) -> None:
+        try:
+            self._ledger.write(snap)
+        except OSError as e:
+            self._ledger_dirty = True  # the ticker tries again
+            log.error("spool ledger not saved, will retry path=%s error=%r", self._ledger.path, e)
+
+    def _ledger_snapshot(self) -> tuple[int, bytes]:
         self._ledger.cursors.update({n: c.acked for n, c in self._cursors.items()})
         self._ledger.next_seq = self._next_seq
         self._ledger.released = self._released_seq
-        self._ledger.save(fsync)
         self._ledger_dirty = False
+        return self._ledger.snapshot()
+
+    def _save_ledger(self, fsync: bool = False) -> None:
+        """Write the ledger now, on this thread (open, close)."""
+        self._ledger.write(self._ledger_snapshot(), fsync)
 
     # --- accounting -----------------------------------------------------------------------------------
 
@@ -832,3 +853,20 @@ def _fsync_close(fd: int, directory: Path | None) -> None:
         _fsync(fd, directory)
     finally:
         os.close(fd)
+
+
+def _create_segment(path: Path, first_seq: int) -> tuple[int, int]:
+    """Create a segment file with its header; (write fd, creation time)."""
+    now = time.time_ns()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, fmt.segment_header(first_seq, now))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, now
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

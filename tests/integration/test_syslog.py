@@ -245,13 +245,13 @@ async def test_tls_checks_the_server_name(rsyslog: Rsyslog) -> None:
     wrong = make_sink(rsyslog.address("tls"), tls_server_name="not-the-server.example",
                       **tls_keys(rsyslog, False))
     with pytest.raises(RetryableSinkError, match="certificate verify failed"):
-        await wrong.send(batch)
+        await wrong.send(wrong.encode([batch]))
     no_ca = make_sink(rsyslog.address("tls"))  # system roots do not know the test CA
     with pytest.raises(RetryableSinkError, match="certificate verify failed"):
-        await no_ca.send(batch)
+        await no_ca.send(no_ca.encode([batch]))
     unchecked = make_sink(rsyslog.address("tls"), tls_server_name="not-the-server.example",
                           tls_verify_hostname=False, tls_min_version="1.2", **tls_keys(rsyslog, False))
-    await unchecked.send(batch)
+    await unchecked.send(unchecked.encode([batch]))
     await unchecked.close()
     assert [r["msg"] for r in await rsyslog.wait_records(of(meta), 1)] == ["over tls"]
 
@@ -264,7 +264,7 @@ async def test_a_refused_client_certificate_is_an_error_not_a_silent_loss(rsyslo
     anonymous = make_sink(rsyslog.address("mtls"), **tls_keys(rsyslog, False))
     for _ in range(2):
         with pytest.raises(RetryableSinkError, match="client certificate"):
-            await anonymous.send(batch)
+            await anonymous.send(anonymous.encode([batch]))
     await anonymous.close()
     await asyncio.sleep(0.3)
     assert rsyslog.records(of(meta)) == []
@@ -301,7 +301,7 @@ async def test_restart_loses_nothing(kind: str) -> None:
         await asyncio.sleep(0.1)
         probe = make_sink(r.address(kind), **table)
         with pytest.raises(RetryableSinkError):
-            await probe.send(Batch(meta, [Event("2024-05-01T00:00:00Z", "probe")]))
+            await probe.send(probe.encode([Batch(meta, [Event("2024-05-01T00:00:00Z", "probe")])]))
         for _ in range(6):  # keep logging while it is down
             await push(10)
             await asyncio.sleep(DOWN_SECS / 6)

@@ -104,9 +104,10 @@ class App:
                 sink_tasks = [tg.create_task(self._supervised(f"sink:{n}", r.run), name=f"sink:{n}")
                               for n, r in self.runners.items()]
                 background = [tg.create_task(self._supervised("discovery", self._discover), name="discovery"),
-                              tg.create_task(self._save_offsets_periodically(), name="offsets")]
+                              tg.create_task(self._supervised("offsets", self._save_offsets_periodically),
+                                             name="offsets")]
                 if self.config.telemetry.stats_interval_secs > 0:
-                    background.append(tg.create_task(self._log_stats(), name="stats"))
+                    background.append(tg.create_task(self._supervised("stats", self._log_stats), name="stats"))
                 self.started.set()
                 await self._stop.wait()
                 for t in background:

@@ -1,9 +1,10 @@
-"""Configuration: TOML in, frozen typed dataclasses out, every mistake named by its dotted key.
+"""The config file's sections and how it is loaded: TOML in, frozen typed dataclasses out.
 
-Each component declares its own config as a frozen dataclass whose fields carry a default and a one-line
-doc (`doc(...)`). `build(cls, data, key)` checks types, turns strings into enums at load time and rejects
-unknown keys, so a typo fails at start and says where. `${VAR}` and `${VAR:-default}` in string values are
-expanded from the environment before anything else looks at them.
+One frozen dataclass per section ([docker], [state], [input], ...), built and checked by `shipper.schema`
+(types, enums, sizes, unknown keys, every mistake named by its dotted key). Each [sinks.NAME] table is
+checked against its own sink's Config, found through the sink registry (`shipper.sinks`); the keys every
+sink has are `shipper.sinks.base.SinkBase`. Imports go one way: this module imports the sinks, never the
+reverse.
 """
 
 from __future__ import annotations
@@ -14,148 +15,15 @@ import os
 import re
 import socket
 import tomllib
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from shipper.errors import ConfigError
-
-T = TypeVar("T")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def doc(default: Any, text: str) -> Any:
-    """A dataclass field with a default and a one-line description (shown by `shipper check --explain`)."""
-    if isinstance(default, list | dict):
-        return field(default_factory=default.copy, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
-
-
-def expand_env(value: Any, key: str = "", env: typing.Mapping[str, str] | None = None) -> Any:
-    """Expand `${VAR}` / `${VAR:-default}` in every string of a parsed TOML tree."""
-    env = os.environ if env is None else env
-    if isinstance(value, str):
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in env and (env[name] != "" or default is None):
-                return env[name]
-            if default is not None:
-                return default
-            raise ConfigError(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
-        return _VAR.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: expand_env(v, f"{key}.{k}" if key else k, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v, f"{key}[{i}]", env) for i, v in enumerate(value)]
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return " | ".join(repr(m.value) for m in tp)
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        errors = []
-        for a in args:
-            try:
-                return _convert(a, value, key)
-            except ConfigError as e:
-                errors.append(e.message)
-        raise ConfigError(key, "; ".join(errors))
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str) and item is str:
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(key, f"expected a list, got {type(value).__name__}")
-        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, vt = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a table, got {type(value).__name__}")
-        return {str(k): _convert(vt, v, f"{key}.{k}") for k, v in value.items()}
-    if typing.get_origin(tp) is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(key, f"must be one of {', '.join(map(repr, typing.get_args(tp)))}, got {value!r}")
-        return value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise ConfigError(key, f"must be one of {_type_name(tp)}, got {value!r}") from None
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, dict):
-            raise ConfigError(key, f"expected a table, got {type(value).__name__}")
-        return build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str):
-                try:
-                    return parse_size(value)
-                except ValueError:
-                    pass
-            raise ConfigError(key, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise ConfigError(key, f"unsupported config type {tp!r}")  # pragma: no cover - a programming error
-
-
-def build(cls: type[T], data: dict[str, Any], key: str = "") -> T:
-    """Build config dataclass `cls` from a TOML table, naming `key.field` in every error."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        sub = f"{key}.{name}" if key else name
-        if name not in fields or not fields[name].init:
-            known = ", ".join(sorted(n for n, f in fields.items() if f.init))
-            raise ConfigError(sub, f"unknown key (known keys: {known})")
-        kwargs[name] = _convert(hints[name], value, sub)
-    try:
-        obj = cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(key, str(e)) from None
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        check(key)
-    return obj
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2, "mb": 1000**2,
-          "mib": 1024**2, "mi": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
-          "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """'64KiB', '1m', '512' -> bytes."""
-    m = _SIZE.match(text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
+from shipper.schema import build, describe, doc, expand_env
+from shipper.sinks import SINKS, sink_config_class
+from shipper.sinks.base import SinkBase
 
 # --- the sections -----------------------------------------------------------------------------------------
 
@@ -333,33 +201,6 @@ class BufferConfig:
 
 
 @dataclass(frozen=True)
-class SinkBase:
-    """Keys every sink has; a sink's own Config subclasses this."""
-
-    type: str = doc("", "the sink kind: file, stdout, null, syslog, ...")
-    batch_max_events: int = doc(2048, "most events in one request (records are never split: one batch may "
-                                      "pass it)")
-    batch_max_bytes: int = doc(4 * 1024 * 1024, "most buffered bytes in one request")
-    linger_secs: float = doc(0.01, "longest wait for more events while a request is not full")
-    max_in_flight: int = doc(1, "requests sent and not yet answered; 1 keeps the order per container")
-    retry_initial_secs: float = doc(0.5, "first wait after a failed send")
-    retry_max_secs: float = doc(30.0, "longest wait between retries")
-    max_unexpected_errors: int = doc(5, "a request failing this many times with an unexpected error (a bug, "
-                                        "not an outage) is given up: counted, logged, left to replay")
-    healthcheck: bool = doc(True, "check the destination at start; a failed check is logged and retried")
-
-    def validate(self, key: str) -> None:
-        for name, low, high in (("batch_max_events", 1, 1_000_000), ("batch_max_bytes", 1024, 1 << 30),
-                                ("max_in_flight", 1, 1024), ("max_unexpected_errors", 1, 1_000_000)):
-            if not low <= getattr(self, name) <= high:
-                raise ConfigError(f"{key}.{name}", f"must be between {low} and {high}")
-        if not 0 <= self.linger_secs <= 60:
-            raise ConfigError(f"{key}.linger_secs", "must be between 0 and 60")
-        if not 0 < self.retry_initial_secs <= self.retry_max_secs:
-            raise ConfigError(f"{key}.retry_initial_secs", "must be positive and at most retry_max_secs")
-
-
-@dataclass(frozen=True)
 class TelemetryConfig:
     log_level: str = doc("info", "shipper's own log level: debug, info, warning, error")
     log_format: typing.Literal["text", "json"] = doc("text", "shipper's own log lines: 'text' or 'json'")
@@ -387,8 +228,6 @@ class Config:
 
 def load_dict(data: dict[str, Any], env: typing.Mapping[str, str] | None = None) -> Config:
     """Validate a parsed TOML tree; sink sections are checked against their own sink's Config."""
-    from shipper.sinks import sink_config_class
-
     data = expand_env(data, env=env)
     sinks_raw = data.pop("sinks", None)
     cfg = build(Config, data)
@@ -423,26 +262,8 @@ def load(path: str | os.PathLike[str] | None, env: typing.Mapping[str, str] | No
     return load_dict(data, env)
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every field of a config class, for docs and `shipper check --explain`."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        if isinstance(default, enum.Enum):
-            default = default.value
-        rows.append((prefix + f.name, repr(default), f.metadata.get("doc", "")))
-    return rows
-
-
 def explain() -> str:
     """Every key of every section and sink type, with its default and meaning."""
-    from shipper.sinks import SINKS, sink_config_class
-
     out = []
     for f in dataclasses.fields(Config):
         if f.name == "sinks":

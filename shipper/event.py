@@ -121,4 +121,9 @@ def event_id(container_id: str, ev: Event) -> str:
 
 
 def flag_names(flags: int) -> list[str]:
-    return [name for bit, name in FLAG_NAMES.items() if flags & bit]
+    return list(FLAG_LISTS[flags])
+
+
+# every combination of flags, worked out once (IntFlag arithmetic per event costs microseconds)
+FLAG_LISTS: tuple[list[str], ...] = tuple([name for bit, name in FLAG_NAMES.items() if i & bit]
+                                          for i in range(2 * max(FLAG_NAMES)))

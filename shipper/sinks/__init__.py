@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 from shipper.errors import ConfigError
 
 if TYPE_CHECKING:
-    from shipper.config import SinkBase
-    from shipper.sinks.base import Sink
+    from shipper.sinks.base import Sink, SinkBase
 
 SINKS = {
     "file": "shipper.sinks.file:FileSink",

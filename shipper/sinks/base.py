@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shipper.config import SinkBase
+from shipper.errors import ConfigError
 from shipper.event import Batch
+from shipper.schema import doc
 from shipper.telemetry.metrics import Metrics
 
 
@@ -72,6 +73,33 @@ def pick(batches: Sequence[Batch], indices: Sequence[int]) -> list[Batch]:
             out.append(b if len(keep) == n else Batch(b.container, keep, b.checkpoint))
         base += n
     return out
+
+
+@dataclass(frozen=True)
+class SinkBase:
+    """Keys every sink has; a sink's own Config subclasses this."""
+
+    type: str = doc("", "the sink kind: file, stdout, null, syslog, ...")
+    batch_max_events: int = doc(2048, "most events in one request (records are never split: one batch may "
+                                      "pass it)")
+    batch_max_bytes: int = doc(4 * 1024 * 1024, "most buffered bytes in one request")
+    linger_secs: float = doc(0.01, "longest wait for more events while a request is not full")
+    max_in_flight: int = doc(1, "requests sent and not yet answered; 1 keeps the order per container")
+    retry_initial_secs: float = doc(0.5, "first wait after a failed send")
+    retry_max_secs: float = doc(30.0, "longest wait between retries")
+    max_unexpected_errors: int = doc(5, "a request failing this many times with an unexpected error (a bug, "
+                                        "not an outage) is given up: counted, logged, left to replay")
+    healthcheck: bool = doc(True, "check the destination at start; a failed check is logged and retried")
+
+    def validate(self, key: str) -> None:
+        for name, low, high in (("batch_max_events", 1, 1_000_000), ("batch_max_bytes", 1024, 1 << 30),
+                                ("max_in_flight", 1, 1024), ("max_unexpected_errors", 1, 1_000_000)):
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"{key}.{name}", f"must be between {low} and {high}")
+        if not 0 <= self.linger_secs <= 60:
+            raise ConfigError(f"{key}.linger_secs", "must be between 0 and 60")
+        if not 0 < self.retry_initial_secs <= self.retry_max_secs:
+            raise ConfigError(f"{key}.retry_initial_secs", "must be positive and at most retry_max_secs")
 
 
 class Sink(ABC):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 
-from shipper.config import ConfigError, SinkBase, doc
-from shipper.errors import RetryableSinkError
+from shipper.errors import ConfigError, RetryableSinkError
 from shipper.event import Batch
-from shipper.sinks.base import Request, Sink, SinkContext
+from shipper.schema import doc
+from shipper.sinks.base import Request, Sink, SinkBase, SinkContext
 from shipper.sinks.ecs import JsonLinesEncoder
 from shipper.telemetry import events as tel
 
@@ -38,6 +39,7 @@ class FileSink(Sink):
         self._fd = -1
         self._size = 0
         self._lock = asyncio.Lock()
+        self._writing: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         try:
@@ -92,8 +94,9 @@ class FileSink(Sink):
 
     async def send(self, request: Request) -> None:
         async with self._lock:  # requests in flight append one after another, whole
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self._append, request.payload))
             try:
-                await asyncio.to_thread(self._append, request.payload)
+                await asyncio.shield(self._writing)  # cancelled, the write still finishes before close()
             except OSError as e:
                 raise RetryableSinkError(f"cannot write {self.path}: {e}") from e
 
@@ -112,6 +115,9 @@ class FileSink(Sink):
             os.fsync(self._fd)
 
     async def close(self) -> None:
+        if self._writing is not None:
+            with contextlib.suppress(Exception):
+                await self._writing
         async with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)

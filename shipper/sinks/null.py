@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shipper.config import SinkBase, doc
 from shipper.event import Batch
-from shipper.sinks.base import Request, Sink, SinkContext
+from shipper.schema import doc
+from shipper.sinks.base import Request, Sink, SinkBase, SinkContext
 from shipper.sinks.ecs import JsonLinesEncoder
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from shipper.backoff import Backoff
 from shipper.buffer.base import Cursor, Lease
 from shipper.errors import FatalSinkError, RetryableSinkError
-from shipper.sinks.base import Request, Sink
+from shipper.sinks.base import Request, Sink, pick
 from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
 
@@ -56,6 +56,7 @@ class SinkRunner:
         self._retrying: dict[int, int] = {}  # id of a request in retry -> its attempts so far
         self._ids = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._busy = 0  # requests in flight
         self._set_state("starting")
 
     # --- state ------------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ class SinkRunner:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return self._busy
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -111,6 +112,9 @@ class SinkRunner:
                 except BaseException:
                     slots.release()
                     raise
+                if cfg.max_in_flight == 1:  # no task: a fast sink drains the buffer without a switch per request
+                    await self._ship(lease, slots)
+                    continue
                 task = asyncio.create_task(self._ship(lease, slots), name=f"sink:{self.name}:request")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -124,6 +128,7 @@ class SinkRunner:
 
     async def _ship(self, lease: Lease, slots: asyncio.Semaphore) -> None:
         assert self.cursor is not None
+        self._busy += 1
         try:
             try:
                 request = self.sink.encode(lease.batches)
@@ -133,6 +138,7 @@ class SinkRunner:
                 await self.deliver(request)
             self.cursor.ack(lease.seqs)
         finally:
+            self._busy -= 1
             slots.release()
 
     # --- one request ------------------------------------------------------------------------------------
@@ -185,7 +191,14 @@ class SinkRunner:
                     done.rejected += len(rejected)
                 if not retry:
                     return done
-                request = self.sink.subset(request, retry)
+                try:
+                    request = self.sink.subset(request, sorted(retry))
+                except Exception as e:  # a sink bug: the rest can never be built, so it is given up
+                    tel.request_given_up(self.metrics, self.name, pick(request.batches, retry), len(retry), e,
+                                         "sink_error")
+                    self.last_error = repr(e)
+                    done.failed += len(retry)
+                    return done
                 if max_attempts is not None and attempts >= max_attempts:
                     done.failed += request.events
                     return done

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from shipper.config import SinkBase
 from shipper.event import Batch
-from shipper.sinks.base import Request, Sink, SinkContext
+from shipper.sinks.base import Request, Sink, SinkBase, SinkContext
 from shipper.sinks.ecs import JsonLinesEncoder
 
 

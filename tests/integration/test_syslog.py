@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from shipper.buffer.memory import MemoryBuffer
-from shipper.config import WhenFull, build
+from shipper.config import WhenFull
 from shipper.errors import RetryableSinkError
 from shipper.event import COMPOSE_PROJECT, COMPOSE_SERVICE, Batch, ContainerMeta, Event
+from shipper.schema import build
 from shipper.sinks.base import SinkContext
 from shipper.sinks.runner import SinkRunner
 from shipper.sinks.syslog.sink import SyslogConfig, SyslogSink

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 import subprocess
@@ -9,18 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from shipper.config import (
-    Config,
-    Discovery,
-    MultilineMode,
-    WhenFull,
-    describe,
-    expand_env,
-    load,
-    load_dict,
-    parse_size,
-)
+from shipper.config import Config, Discovery, MultilineMode, WhenFull, load, load_dict
 from shipper.errors import ConfigError
+from shipper.schema import describe, expand_env, parse_size
 from shipper.sinks import SINKS, sink_config_class
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,3 +128,42 @@ def test_check_command_good_and_bad(tmp_path: Path) -> None:
     assert r.returncode == 2 and "not valid TOML" in r.stderr
     r = _check("--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+# --- imports go one way: shipper.config -> shipper.sinks -> shipper.schema, never back -----------------------
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, anywhere in it (lazy imports in functions too), relative ones resolved."""
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]  # what `from . import` names
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1] if node.level else [])
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found.add(module)
+            found.update(f"{module}.{a.name}" for a in node.names)
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "shipper" / "sinks").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_sinks_never_import_the_config_sections(path: Path) -> None:
+    assert not {m for m in _imports(path) if m == "shipper.config" or m.startswith("shipper.config.")}
+
+
+def test_schema_imports_only_the_errors() -> None:
+    ours = {m for m in _imports(ROOT / "shipper" / "schema.py") if m.split(".")[0] == "shipper"}
+    assert ours <= {"shipper.errors", "shipper.errors.ConfigError"}
+
+
+def test_sinks_import_without_the_config_sections() -> None:
+    modules = ["shipper.schema", "shipper.sinks", "shipper.sinks.base",
+               *sorted({target.partition(":")[0] for target in SINKS.values()})]
+    code = f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\n" \
+           "print('shipper.config' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -15,10 +15,10 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shipper.config import SinkBase, doc
 from shipper.errors import ConfigError, RetryableSinkError
 from shipper.event import Batch
-from shipper.sinks.base import Partial, Request, Sink, SinkContext, pick
+from shipper.schema import doc
+from shipper.sinks.base import Partial, Request, Sink, SinkBase, SinkContext, pick
 from shipper.sinks.syslog.encode import (
     MIN_MESSAGE_BYTES,
     NILVALUE,
@@ -253,6 +253,7 @@ class SyslogSink(Sink):
     def subset(self, request: Request, indices: Sequence[int]) -> Request:
         """Datagrams that did not go out: the same messages, not encoded (or counted) again."""
         old: SyslogPayload = request.payload
+        indices = sorted(indices)
         batches = pick(request.batches, indices)
         payload = SyslogPayload(batches)
         payload.counted = True

@@ -219,6 +219,7 @@ class SpoolMachine(RuleBasedStateMachine):
     def delivered_segments_are_deleted(self) -> None:
         if self.spool is None or not self.acked_since_open:
             return
+        self.run(self.spool.idle())  # deletes run in a worker thread
         low = min(self.spool.cursor(c).acked for c in CURSORS)
         files = segment_files(self.dir)
         for path in files[:-1]:  # the newest one is still being written

@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from shipper.buffer.memory import MemoryBuffer
-from shipper.config import SinkBase, WhenFull
+from shipper.config import WhenFull
 from shipper.errors import FatalSinkError, RetryableSinkError
 from shipper.event import Batch, Checkpoint, ContainerMeta, Event
-from shipper.sinks.base import Partial, Request, Sink, SinkContext
+from shipper.sinks.base import Partial, Request, Sink, SinkBase, SinkContext
 from shipper.sinks.runner import SinkRunner
 from shipper.telemetry.metrics import Metrics
 
@@ -263,3 +263,18 @@ async def test_cancelled_requests_are_handed_out_again_by_the_next_run() -> None
     await p.stop()
     assert sink.delivered == ["web0.0", "web1.0", "web2.0"]
     assert len(sink.requests) == 5  # at most what was in flight came again
+
+
+async def test_a_sink_that_cannot_build_the_rest_of_a_partial_gives_it_up() -> None:
+    class BadSubset(ScriptedSink):
+        def subset(self, request: Request, indices: Sequence[int]) -> Request:
+            raise IndexError("a bug in the sink")
+
+    sink = BadSubset(lambda msgs, attempt: Partial(retry=[1]) if len(msgs) == 2 else None, batch_max_events=2)
+    p = Pipeline(sink)
+    await p.push(4)
+    p.start()
+    await p.until(lambda: len(p.safe) == 4)
+    await p.stop()
+    assert p.metrics.get("shipper_events_dropped_total", reason="sink_error", where="s") == 2
+    assert p.metrics.get("shipper_events_sent_total", sink="s") == 2

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from shipper.config import Config, build
+from shipper.config import Config
 from shipper.event import Event
+from shipper.schema import build
 from shipper.telemetry.metrics import Metrics
 from shipper.transforms.assemble import LineAssembler
 

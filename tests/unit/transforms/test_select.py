@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from shipper.config import SelectConfig, build
+from shipper.config import SelectConfig
 from shipper.event import ContainerMeta
+from shipper.schema import build
 from shipper.transforms.select import Selector, image_repository
 
 WEB = ContainerMeta(id="a" * 64, name="/shop-web-1", image="registry.example:5000/shop/web:1.4",

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from shipper.config import describe, load_dict
+from shipper.config import load_dict
 from shipper.errors import ConfigError
+from shipper.schema import describe
 from shipper.sinks.syslog.encode import Facility, Format, Framing, Severity
 from shipper.sinks.syslog.sink import SyslogConfig, TlsVersion
 from shipper.sinks.syslog.transport import Address, parse_address

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shipper.config import build
 from shipper.errors import RetryableSinkError
 from shipper.event import Batch, ContainerMeta, Event
+from shipper.schema import build
 from shipper.sinks.base import SinkContext
 from shipper.sinks.syslog.sink import SyslogConfig, SyslogSink
 from shipper.telemetry.metrics import Metrics

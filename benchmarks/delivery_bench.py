@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workload
+from pipeline_bench import bench_config
 
 from shipper.buffer.memory import MemoryBuffer
 from shipper.cli import run_async
@@ -210,23 +211,6 @@ def _uvloop() -> bool:
 
 # --- encoding (the whole daemon) --------------------------------------------------------------------------
 
-CONFIG = """
-[docker]
-data_root = "{data}"
-discovery = "files"
-read = "files"
-host = "unix:///nonexistent.sock"
-[state]
-dir = "{state}"
-[buffer]
-type = "memory"
-[telemetry]
-stats_interval_secs = 0
-log_level = "warning"
-[sinks.null]
-type = "null"
-encode = {encode}
-"""  # pipeline_bench.py's config, with the null sink's `encode` set
 
 
 def part_encoding(a: argparse.Namespace, out: list[str]) -> None:
@@ -250,8 +234,7 @@ def part_encoding(a: argparse.Namespace, out: list[str]) -> None:
             for label, script, encode in variants if run % 2 == 0 else list(reversed(variants)):
                 state = work / f"state-{run}"
                 cfg = work / "bench.toml"
-                text = CONFIG.format(data=data, state=state, encode=str(encode).lower())
-                cfg.write_text(text.replace("encode = none\n", ""))  # the baseline's null sink has no such key
+                cfg.write_text(bench_config(data, state, encode=encode))
                 proc = subprocess.run([sys.executable, str(script), "--child", str(cfg), str(entries), "--timeout",
                                        str(a.timeout)], capture_output=True, text=True)
                 if proc.returncode:

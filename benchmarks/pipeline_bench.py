@@ -28,6 +28,27 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def bench_config(data: Path | str, state: Path | str, buffer: str = "memory", encode: bool | None = None) -> str:
+    """The daemon's config for a run: the workload folder by file discovery, into the null sink (`encode`:
+    the null sink's key, left out when None, as for trees older than that key)."""
+    return f"""
+[docker]
+data_root = "{data}"
+discovery = "files"
+read = "files"
+host = "unix:///nonexistent.sock"
+[state]
+dir = "{state}"
+[buffer]
+type = "{buffer}"
+[telemetry]
+stats_interval_secs = 0
+log_level = "warning"
+[sinks.null]
+type = "null"
+""" + ("" if encode is None else f"encode = {str(encode).lower()}\n")
+
+
 def child(config_path: str, expected_entries: int, timeout: float) -> None:
     """Run the daemon in this process until every entry is read and delivered; print figures as JSON."""
     sys.path.insert(0, str(HERE.parent))
@@ -93,22 +114,7 @@ def main() -> None:
     for run in range(a.runs):
         state = work / f"state-{run}"
         cfg = work / "bench.toml"
-        cfg.write_text(f"""
-[docker]
-data_root = "{data}"
-discovery = "files"
-read = "files"
-host = "unix:///nonexistent.sock"
-[state]
-dir = "{state}"
-[buffer]
-type = "{a.buffer}"
-[telemetry]
-stats_interval_secs = 0
-log_level = "warning"
-[sinks.null]
-type = "null"
-""")
+        cfg.write_text(bench_config(data, state, a.buffer))
         out = subprocess.run([sys.executable, __file__, "--child", str(cfg), str(entries), "--timeout",
                               str(a.timeout)], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a Debian host for shipper: Docker, the Python package, and with --test what the tests talk to
-# (rsyslog with TLS, the busybox image). Safe to run again: it installs only what is missing.
+# (rsyslog with TLS and RELP, the busybox image). Safe to run again: it installs only what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 want_tests=0
@@ -9,7 +9,7 @@ want_tests=0
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 pkgs="docker.io"
-[ $want_tests = 1 ] && pkgs="$pkgs busybox-static rsyslog rsyslog-gnutls gnutls-bin openssl"
+[ $want_tests = 1 ] && pkgs="$pkgs busybox-static rsyslog rsyslog-gnutls rsyslog-relp gnutls-bin openssl"
 missing=""
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in $pkgs; do installed "$p" || missing="$missing $p"; done

@@ -5,6 +5,17 @@ one that saves offsets. Readers push batches into the bounded buffer (a full buf
 grows memory); each sink runner reads its own cursor. Shutdown (SIGTERM/SIGINT) stops discovery and the
 readers, lets the sinks drain the buffer until a deadline, then saves offsets: whatever was not delivered
 by then is re-read (memory buffer) or still in the spool (disk buffer) at the next start.
+
+The Engine API client is the app's: made at start (a TLS setting that cannot be honoured stops the start
+there), handed to discovery, and replaced (the old one closed) when discovery is restarted after a failure;
+API readers ask for the current one at every connection.
+
+No reader is built on a guess. A `start` made from an event alone (`info.guessed`: the json-file driver, its
+default path and no TTY are assumed) starts a json-file reader at once only when that file is there to be
+read (which proves the driver); otherwise the container waits in `pending` for the inspect's `update`. When
+an update changes what a running reader was built for (which reader, the file, the TTY), the reader is
+rebuilt: the old one is stopped and closed before the new one starts (from the offset saved when it was
+built: at worst what the old one had read is read again, never skipped).
 """
 
 from __future__ import annotations
@@ -18,14 +29,14 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from shipper.backoff import Backoff
 from shipper.buffer.base import Buffer
 from shipper.buffer.memory import MemoryBuffer
 from shipper.config import BufferType, Config, Discovery, ReadMode
-from shipper.docker.metadata import ContainerInfo, own_container_id
-from shipper.errors import SpoolError
+from shipper.docker.metadata import JSON_FILE, ContainerInfo, default_log_path, own_container_id
+from shipper.errors import ConfigError, SpoolError
 from shipper.event import Batch, Checkpoint
 from shipper.sinks import sink_class
 from shipper.sinks.base import SinkContext
@@ -36,8 +47,13 @@ from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
 from shipper.transforms.select import Selector
 
+if TYPE_CHECKING:
+    from shipper.docker.client import DockerClient, Endpoint
+    from shipper.docker.discovery import ContainerDiscovery
+
 log = logging.getLogger("shipper")
 SHUTDOWN_DRAIN_SECS = 10.0
+PENDING_WARN_SECS = 30.0  # a container still waiting for its inspect after this long is reported
 GC_THRESHOLDS = (50_000, 20, 100)  # see tune_gc
 FORGET_REMOVED_AFTER_SECS = 300.0  # offsets of removed containers are kept this long, then pruned
 
@@ -61,6 +77,18 @@ class Reader:
 
 
 @dataclass
+class Pending:
+    """A container started from its event alone, waiting for the inspect that says how to read it."""
+
+    info: ContainerInfo
+    since: float  # monotonic
+    reported: bool = False
+
+
+Choice = Literal["files", "api", "wait", "none"]
+
+
+@dataclass
 class App:
     config: Config
     metrics: Metrics = field(default_factory=Metrics)
@@ -74,7 +102,11 @@ class App:
         self.removed_at: dict[str, float] = {}
         self.selector = Selector(self.config.select)
         self.own_id = None if self.config.select.include_self else own_container_id()
-        self.docker: Any = None
+        self.docker: DockerClient | None = None  # the current Engine API client (the app owns and closes it)
+        self._endpoint: Endpoint | None = None
+        self._discovery_runs = 0
+        self.discovery: ContainerDiscovery | None = None
+        self.pending: dict[str, Pending] = {}
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self.started = asyncio.Event()
@@ -89,6 +121,7 @@ class App:
     async def run(self) -> None:
         """Run until request_stop(); then shut down in order."""
         os.makedirs(self.state_dir, exist_ok=True)
+        self._open_docker()
         tune_gc()
         self.offsets.load()
         self.buffer = await self._open_buffer()
@@ -195,22 +228,50 @@ class App:
             await self.buffer.close()
         if self.docker is not None:
             await self.docker.close()
+            self.docker = None
         self.offsets.flush()
         log.info("stopped; offsets saved in %s", self.state_dir)
 
     # --- discovery and readers ---------------------------------------------------------------------------
 
-    def _discovery(self) -> Any:
+    def _open_docker(self) -> None:
+        """The Engine API client, when discovery uses the API: its endpoint is resolved here, at start, so that
+        a TLS file that is missing or a TLS setting that cannot be honoured stops shipper with a ConfigError
+        naming the key or variable, instead of failing (or worse, talking plain HTTP) later."""
+        if self.config.docker.discovery is not Discovery.API or self.docker is not None:
+            return
+        from shipper.docker.client import DockerClient, endpoint_from_config
+
+        try:
+            self._endpoint = endpoint_from_config(self.config.docker)
+        except ConfigError as e:
+            log.error("cannot start: config error: %s", e)
+            raise
+        self.docker = DockerClient(self._endpoint, metrics=self.metrics)
+
+    async def _replace_docker(self, why: str) -> None:
+        """A new client for a restarted discovery; the old one is closed (API readers reconnect through the
+        new one: they ask for the current client at every connection)."""
+        if self._endpoint is None:
+            return
+        from shipper.docker.client import DockerClient
+
+        old, self.docker = self.docker, DockerClient(self._endpoint, metrics=self.metrics)
+        log.warning("Docker API client replaced (%s); the old one is closed, API readers reconnect through the "
+                    "new one", why)
+        if old is not None:
+            await old.close()
+
+    def _discovery(self) -> ContainerDiscovery:
         cfg = self.config
         if cfg.docker.discovery is Discovery.FILES:
             from shipper.docker.discovery import FileDiscovery
 
             return FileDiscovery(cfg, self.metrics)
-        from shipper.docker.client import DockerClient
         from shipper.docker.discovery import ApiDiscovery
 
-        self.docker = DockerClient.from_config(cfg.docker, self.metrics)
-        return ApiDiscovery(self.docker, cfg, self.metrics)
+        assert self.docker is not None
+        return ApiDiscovery(self.docker, cfg, self.metrics)  # the app's client: discovery does not close it
 
     async def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Run a long-lived task, restarting it with backoff if it fails: one bug must not stop the daemon."""
@@ -226,30 +287,88 @@ class App:
                 await asyncio.sleep(delay)
 
     async def _discover(self) -> None:
-        discovery = self._discovery()
-        async for change in discovery:
-            try:
-                self._apply(change)
-            except Exception:  # a container we cannot handle must not stop discovery of the others
-                log.exception("could not handle container change kind=%s id=%s", change.kind, change.id[:12])
+        if self._discovery_runs:  # restarted after a failure: a fresh client, the old one closed
+            await self._replace_docker("discovery restarted")
+        self._discovery_runs += 1
+        discovery = self.discovery = self._discovery()
+        try:
+            async for change in discovery:
+                try:
+                    self._apply(change)
+                except Exception:  # a container we cannot handle must not stop discovery of the others
+                    log.exception("could not handle container change kind=%s id=%s", change.kind, change.id[:12])
+        finally:
+            await discovery.close()
 
     def _apply(self, change: Any) -> None:
-        reader = self.readers.get(change.id)
+        cid, info = change.id, change.info
+        if change.kind == "remove":
+            waiting = self.pending.pop(cid, None)
+            if waiting is not None:
+                tel.container_unreadable(self.metrics, waiting.info.meta.name or cid[:12], "gone_before_inspect",
+                                         "removed before an inspect said how to read its log (driver, TTY)")
+            reader = self.readers.get(cid)
+            if reader is not None:
+                reader.source.removed()
+                self.removed_at[cid] = time.monotonic()
+            return
+        if cid in self.pending:
+            if info is None:
+                return
+            if change.kind in ("start", "update") or not info.guessed:
+                del self.pending[cid]
+                self._start_reader(info)  # waits again if this is still a guess
+            else:  # rename, stop: keep the latest picture for when the inspect answers
+                self.pending[cid].info = info
+            return
+        reader = self.readers.get(cid)
         if change.kind == "start":
             if reader is None or reader.task.done():
-                self._start_reader(change.info)
-            elif change.info is not None:
-                reader.source.renamed(change.info.meta)
+                self._start_reader(info)
+            elif info is not None and not self._rebuilt(reader, info):
+                self._refresh(reader, info)
                 reader.source.started()
         elif reader is None:
             return
-        elif change.kind in ("rename", "update") and change.info is not None:
-            reader.source.renamed(change.info.meta)
+        elif change.kind in ("rename", "update") and info is not None:
+            if not self._rebuilt(reader, info):
+                self._refresh(reader, info)
         elif change.kind == "stop":
             reader.source.stopped()
-        elif change.kind == "remove":
-            reader.source.removed()
-            self.removed_at[change.id] = time.monotonic()
+
+    @staticmethod
+    def _refresh(reader: Reader, info: ContainerInfo) -> None:
+        if info.guessed:  # a restart seen from its event: only the metadata is news
+            reader.source.renamed(info.meta)
+        else:
+            reader.source.refreshed(info)
+
+    def _json_readable(self, info: ContainerInfo, exists: bool) -> bool:
+        """The json-file can be read: it is there (`exists`), or its folder is readable (created next)."""
+        path = info.log_path or default_log_path(self.config.docker.data_root, info.meta.id)
+        return os.access(path, os.R_OK) or (not exists and os.access(os.path.dirname(path), os.R_OK))
+
+    def _choose(self, info: ContainerInfo) -> tuple[Choice, str]:
+        """Which reader `info` calls for, or why none: never on a guess. A guessed json-file that is there to
+        read proves the guess (only that driver writes it), and is opened at once: a container removed with
+        --rm a moment later is still read whole. Anything else waits for the inspect."""
+        mode = self.config.docker.read
+        if info.guessed:
+            if mode is not ReadMode.API and self._json_readable(info, exists=True):
+                return "files", ""
+            return "wait", ""
+        json_file = info.log_driver == JSON_FILE
+        if mode is ReadMode.FILES:
+            if json_file:
+                return "files", ""
+            return "none", (f"read = 'files', but its log driver is {info.log_driver!r}, which writes no "
+                            f"json-file (read = 'auto' or 'api' streams it from the Engine API)")
+        if mode is ReadMode.AUTO and json_file and self._json_readable(info, exists=False):
+            return "files", ""
+        if self.docker is None:
+            return "none", (f"its log is not a readable json-file (driver={info.log_driver}) and "
+                            f"discovery = 'files' has no Engine API to stream it from")
+        return "api", ""
 
     def _start_reader(self, info: ContainerInfo) -> None:
         meta = info.meta
@@ -259,9 +378,16 @@ class App:
         if not ok:
             log.debug("not shipping container name=%s id=%s reason=%s", meta.name, meta.id[:12], reason)
             return
-        source = self._make_source(info)
-        if source is None:
+        choice, why = self._choose(info)
+        if choice == "wait":
+            self.pending[meta.id] = Pending(info, time.monotonic())
+            log.debug("waiting for inspect before reading container name=%s id=%s (its start event does not "
+                      "say its log driver or TTY)", meta.name, meta.id[:12])
             return
+        if choice == "none":
+            tel.container_unreadable(self.metrics, meta.name or meta.id[:12], "no_reader", why)
+            return
+        source = self._make_source(info, choice)
         assert self._tasks is not None
         task = self._tasks.create_task(self._read(source), name=f"reader:{meta.name}")
         self.readers[meta.id] = Reader(source, task, type(source).__name__)
@@ -270,24 +396,66 @@ class App:
         log.info("reading container name=%s id=%s image=%s via=%s", meta.name, meta.id[:12], meta.image,
                  type(source).__name__)
 
-    def _make_source(self, info: ContainerInfo) -> LogSource | None:
-        mode = self.config.docker.read
+    def _rebuilt(self, reader: Reader, info: ContainerInfo) -> bool:
+        """Replace `reader` when `info` calls for another one (driver, path or TTY changed); True if it did."""
+        if info.guessed:
+            return False
+        choice, _ = self._choose(info)
+        have = reader.source.info
+        if choice == "files":
+            from shipper.sources.jsonfile import JsonFileSource
+
+            if not isinstance(reader.source, JsonFileSource):
+                why = f"its log is a readable json-file (driver={info.log_driver})"
+            elif self._path(have) != self._path(info):
+                why = f"log path {self._path(have)} -> {self._path(info)}"
+            else:
+                return False
+        elif choice == "api":
+            from shipper.sources.api import ApiSource
+
+            if not isinstance(reader.source, ApiSource):
+                why = f"its log is streamed from the Engine API (driver={info.log_driver})"
+            elif have.tty != info.tty:
+                why = f"tty {have.tty} -> {info.tty}"
+            else:
+                return False
+        else:
+            return False
+        meta = info.meta
+        log.warning("rebuilding reader container=%s id=%s: %s", meta.name, meta.id[:12], why)
+        source = self._make_source(info, choice)
+        assert self._tasks is not None
+        task = self._tasks.create_task(self._read_after(reader, source), name=f"reader:{meta.name}")
+        self.readers[meta.id] = Reader(source, task, type(source).__name__)
+        return True
+
+    def _path(self, info: ContainerInfo) -> str:
+        return info.log_path or default_log_path(self.config.docker.data_root, info.meta.id)
+
+    def _make_source(self, info: ContainerInfo, choice: Choice) -> LogSource:
         assert self.buffer is not None
-        ctx = SourceContext(self.config, self.metrics, self._push, self.docker)
+        ctx = SourceContext(self.config, self.metrics, self._push, self.docker,
+                            current_docker=lambda: self.docker)
         resume = self.offsets.get(info.meta.id)
-        files_ok = info.log_driver == "json-file" and bool(info.log_path) and (
-            os.access(info.log_path, os.R_OK) or os.access(os.path.dirname(info.log_path), os.R_OK))
-        if mode is ReadMode.FILES or (mode is ReadMode.AUTO and files_ok):
+        if choice == "files":
             from shipper.sources.jsonfile import JsonFileSource
 
             return JsonFileSource(info, ctx, resume)
-        if self.docker is None:
-            log.warning("cannot read container name=%s: its log is not a readable json-file (driver=%s) and "
-                        "discovery='files' has no Engine API to stream it from", info.meta.name, info.log_driver)
-            return None
         from shipper.sources.api import ApiSource
 
         return ApiSource(info, ctx, resume)
+
+    async def _read_after(self, old: Reader, source: LogSource) -> None:
+        """Stop and close the reader being replaced, then read with the new one (never both at once: they
+        would write the same container's offset)."""
+        old.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await old.task
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_DRAIN_SECS):
+                await old.source.close()
+        await self._read(source)
 
     async def _read(self, source: LogSource) -> None:
         cid = source.meta.id
@@ -296,8 +464,7 @@ class App:
         except asyncio.CancelledError:
             raise
         except Exception:  # one broken reader must not take the daemon down
-            log.exception("reader failed container=%s; it restarts when the container is seen again",
-                          source.meta.name)
+            tel.reader_crashed(self.metrics, source.meta.name or cid[:12])
         finally:
             current = self.readers.get(cid)
             if current is not None and current.source is source:
@@ -311,6 +478,12 @@ class App:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            for p in self.pending.values():
+                if not p.reported and now - p.since > PENDING_WARN_SECS:
+                    p.reported = True
+                    tel.container_unreadable(self.metrics, p.info.meta.name or p.info.meta.id[:12], "not_inspected",
+                                             f"no inspect has answered for {PENDING_WARN_SECS:.0f}s, so how to "
+                                             f"read its log is unknown; it is read once one does")
             for cid, at in list(self.removed_at.items()):
                 if now - at > FORGET_REMOVED_AFTER_SECS and cid not in self.readers:
                     self.offsets.forget(cid)
@@ -322,13 +495,19 @@ class App:
         while True:
             await asyncio.sleep(self.config.telemetry.stats_interval_secs)
             log.info("stats containers=%d events_read=%d events_sent=%d dropped=%d invalid=%d gaps=%d "
-                     "buffered=%d", len(self.readers), m.get("shipper_events_read_total"),
-                     m.get("shipper_events_sent_total"), m.get("shipper_events_dropped_total"),
-                     m.get("shipper_lines_invalid_total"), m.get("shipper_log_gap_total"),
-                     m.get("shipper_buffer_events"))
+                     "buffered=%d reader_failures=%d waiting_inspect=%d docker=%s", len(self.readers),
+                     m.get("shipper_events_read_total"), m.get("shipper_events_sent_total"),
+                     m.get("shipper_events_dropped_total"), m.get("shipper_lines_invalid_total"),
+                     m.get("shipper_log_gap_total"), m.get("shipper_buffer_events"),
+                     m.get("shipper_reader_failures_total"), len(self.pending), self._docker_state())
+
+    def _docker_state(self) -> str:
+        return str(getattr(self.discovery, "state", "-"))
 
     def status(self) -> dict[str, Any]:
         return {"containers": {cid[:12]: {"name": r.source.meta.name, "reader": r.kind}
                                for cid, r in self.readers.items()},
+                "waiting_inspect": {cid[:12]: p.info.meta.name for cid, p in self.pending.items()},
+                "docker": self._docker_state(),
                 "sinks": {n: r.status() for n, r in self.runners.items()},
                 "buffer": self.buffer.stats() if self.buffer else {}}

@@ -82,7 +82,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _load_or_exit(args.config)
     setup_logging(args.log_level or "warning", cfg.telemetry.log_format)
-    from shipper.replay import parse_time, replay
+    from shipper.replay import ReplayError, ReplaySummary, parse_time, replay
 
     try:
         since = parse_time(args.since) if args.since else None
@@ -90,14 +90,56 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"shipper: {e}", file=sys.stderr)
         return 2
+    if args.max_attempts < 1:
+        print("shipper: --max-attempts must be at least 1", file=sys.stderr)
+        return 2
+    summary = ReplaySummary()
+
+    def said() -> str:
+        return ("would send " + summary.dry_line()) if args.dry_run else summary.line()
+
     try:
-        summary = run_async(replay(cfg, args.sink, since, until, args.container, args.dry_run,
-                                   args.max_attempts))
+        run_async(replay(cfg, args.sink, since, until, args.container, args.dry_run, args.max_attempts,
+                         summary=summary))
     except ConfigError as e:
         print(f"shipper: {e}", file=sys.stderr)
         return 2
-    print(("would send " if args.dry_run else "") + summary.line(), file=sys.stderr)
+    except ReplayError as e:
+        if summary.events or summary.failed_events:
+            print(said(), file=sys.stderr)
+        print(f"shipper: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        unknown = (f"; {summary.in_flight} events were in flight: they may or may not have arrived"
+                   if summary.in_flight else "")
+        print(f"{said()}\nshipper: interrupted: what is above was {'matched' if args.dry_run else 'sent'} "
+              f"before it{unknown}", file=sys.stderr)
+        return 130
+    print(said(), file=sys.stderr)
     return 1 if summary.failed_events else 0
+
+
+_TIME_OPTIONS = ("--since", "--until")
+
+
+def _glue_negative_times(argv: Sequence[str]) -> list[str]:
+    """`--since -5m`: argparse takes '-5m' for an option; glue it on as `--since=-5m`, which it reads as the
+    value (a relative time means ago either way)."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out += args[i:]
+            break
+        if a in _TIME_OPTIONS and i + 1 < len(args) and args[i + 1][:1] == "-" and args[i + 1][1:2].isdigit():
+            out.append(f"{a}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,18 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="send retained spool events to a sink again")
     rp.add_argument("--config", "-c", help="TOML config file (the daemon's: it names the spool and the sinks)")
     rp.add_argument("--sink", required=True, help="the [sinks.NAME] to send to")
-    rp.add_argument("--since", help="from this time: RFC 3339 or relative (30s, 10m, 2h, 1d ago)")
-    rp.add_argument("--until", help="up to (not including) this time")
+    rp.add_argument("--since", help="from this time: RFC 3339 or relative, meaning ago (30s, 10m, 2h, 1d; "
+                                    "-10m is the same as 10m)")
+    rp.add_argument("--until", help="up to (not including) this time; must be after --since")
     rp.add_argument("--container", help="only containers whose name or id matches this glob")
     rp.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
-    rp.add_argument("--max-attempts", type=int, default=10, help="give a batch up after this many failures")
+    rp.add_argument("--max-attempts", type=int, default=10,
+                    help="attempts to start the sink, and to send each request, before replay stops (exit 1)")
     rp.add_argument("--log-level", help="shipper's own log level (default warning)")
     rp.set_defaults(func=cmd_replay)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_glue_negative_times(sys.argv[1:] if argv is None else argv))
     return int(args.func(args))
 
 

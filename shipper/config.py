@@ -67,10 +67,14 @@ class DockerConfig:
         return self.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
     def resolved_tls(self) -> tuple[str, str, str]:
-        """(ca, cert, key), taking Docker's environment variables when the keys are unset."""
+        """(ca, cert, key): the keys when set; else, when DOCKER_TLS_VERIFY is set (to anything, as the docker
+        CLI reads it), ca.pem, cert.pem and key.pem in $DOCKER_CERT_PATH, or where the docker CLI looks when it
+        is unset: $DOCKER_CONFIG, else ~/.docker. Whether the files exist is checked where the client is made
+        (shipper.docker.client.endpoint_from_config): a missing one is an error there, never plain HTTP."""
         ca, cert, key = self.tls_ca, self.tls_cert, self.tls_key
-        cert_path = os.environ.get("DOCKER_CERT_PATH", "")
-        if not (ca or cert) and os.environ.get("DOCKER_TLS_VERIFY") and cert_path:
+        if not (ca or cert) and os.environ.get("DOCKER_TLS_VERIFY"):
+            cert_path = (os.environ.get("DOCKER_CERT_PATH") or os.environ.get("DOCKER_CONFIG")
+                         or os.path.join(os.path.expanduser("~"), ".docker"))
             ca, cert, key = (os.path.join(cert_path, n) for n in ("ca.pem", "cert.pem", "key.pem"))
         return ca, cert, key
 

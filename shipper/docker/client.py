@@ -12,6 +12,13 @@ asked again, since dockerd may have been upgraded while it was down.
 
 Streaming calls (events, follow logs) have no total or read timeout: a quiet container or a quiet host is
 normal. Only connecting is bounded; a dead peer on a quiet stream is found by the caller's periodic `ping()`.
+
+TLS fails closed, as the docker CLI does: with DOCKER_TLS_VERIFY set and DOCKER_CERT_PATH unset the files
+are looked for in the CLI's own folder (~/.docker), and a file that is not there is a ConfigError naming the
+key or variable, never a fallback to plain HTTP; so is any TLS setting that cannot be honoured (TLS asked
+for over a unix socket, tls_verify = false with no TLS to apply it to). A daemon that refuses shipper's
+client certificate (a TLS alert: bad certificate, certificate required, unknown CA...) raises
+`ClientCertRefused`, so the caller can say exactly that rather than "unreachable".
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -75,13 +84,77 @@ def format_since(value: str | float | int | None) -> str | None:
 since_from_ns = unix_text  # `since`/`until` from ns: exact Unix seconds
 
 
-def build_ssl_context(ca: str, cert: str, key: str, verify: bool) -> ssl.SSLContext:
+def build_ssl_context(ca: str, cert: str, key: str, verify: bool,
+                      names: dict[str, str] | None = None) -> ssl.SSLContext:
     """TLS as the docker CLI does it: our CA (or the system's), an optional client certificate;
-    `verify=False` (docker.tls_verify) encrypts without checking the daemon's certificate at all."""
+    `verify=False` (docker.tls_verify) encrypts without checking the daemon's certificate at all.
+    `names` maps 'ca'/'cert' to what an error names (a key, or the environment variable it came from)."""
     try:
         return client_context(ca, cert, key, verify=verify)
     except TlsFileError as e:
-        raise ConfigError(f"docker.tls_{e.field}", str(e)) from None
+        raise ConfigError((names or {}).get(e.field, f"docker.tls_{e.field}"), str(e)) from None
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The TLS a Docker endpoint is to use, resolved from the keys and Docker's environment variables."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    verify: bool = True
+    origin: str = ""  # "" (none asked for), "keys" (docker.tls_*), or the environment variable that asked
+    cert_dir: str = ""  # the folder the files came from, when from the environment
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.origin)
+
+    def name_of(self, field: str) -> str:
+        """What an error about `field` ('ca', 'cert', 'key') names: the key, or the variable behind it."""
+        if self.origin == "keys":
+            return f"docker.tls_{field}"
+        return "DOCKER_CERT_PATH" if os.environ.get("DOCKER_CERT_PATH") else self.origin
+
+
+def _cert_dir() -> str:
+    return (os.environ.get("DOCKER_CERT_PATH") or os.environ.get("DOCKER_CONFIG")
+            or os.path.join(os.path.expanduser("~"), ".docker"))
+
+
+def tls_settings(cfg: DockerConfig) -> TlsSettings:
+    """The keys win; then DOCKER_TLS_VERIFY (verify, files from DOCKER_CERT_PATH or ~/.docker, all three
+    required, as the docker CLI reads them); then DOCKER_TLS (TLS without verifying the daemon, the CLI's
+    --tls: a client certificate from the same folder when one is there)."""
+    if cfg.tls_ca or cfg.tls_cert:
+        ca, cert, key = cfg.resolved_tls()
+        return TlsSettings(ca, cert, key, cfg.tls_verify, "keys")
+    if os.environ.get("DOCKER_TLS_VERIFY"):
+        ca, cert, key = cfg.resolved_tls()
+        return TlsSettings(ca, cert, key, cfg.tls_verify, "DOCKER_TLS_VERIFY", _cert_dir())
+    if os.environ.get("DOCKER_TLS"):
+        d = _cert_dir()
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        if not (os.path.isfile(cert) and os.path.isfile(key)):
+            cert = key = ""
+        return TlsSettings("", cert, key, False, "DOCKER_TLS", d)
+    return TlsSettings(verify=cfg.tls_verify)
+
+
+def _check_tls_files(t: TlsSettings) -> None:
+    """Every file asked for exists, or a ConfigError says which one and why it was asked for."""
+    for field, path in (("ca", t.ca), ("cert", t.cert), ("key", t.key)):
+        if not path or os.path.isfile(path):
+            continue
+        if t.origin == "keys":
+            raise ConfigError(t.name_of(field), f"open {path}: no such file")
+        where = (f"DOCKER_CERT_PATH={os.environ['DOCKER_CERT_PATH']}" if os.environ.get("DOCKER_CERT_PATH")
+                 else f"DOCKER_CERT_PATH is unset, so the docker CLI's folder {t.cert_dir} is used")
+        raise ConfigError(t.name_of(field),
+                          f"{t.origin} is set, so the Engine API is reached over TLS with ca.pem, cert.pem and "
+                          f"key.pem from {t.cert_dir} ({where}): open {path}: no such file. Put the files "
+                          f"there, point DOCKER_CERT_PATH at them, or set docker.tls_ca, tls_cert and tls_key; "
+                          f"shipper never falls back to plain HTTP")
 
 
 @dataclass(frozen=True)
@@ -91,26 +164,43 @@ class Endpoint:
     base_url: str
     unix_path: str = ""
     ssl: ssl.SSLContext | None = None
+    client_cert: str = ""  # the client certificate presented over TLS ("" for none), for messages
 
 
 def endpoint_from_config(cfg: DockerConfig) -> Endpoint:
+    """Where and how to connect. Raises ConfigError for whatever cannot be honoured: a TLS file that is not
+    there, TLS over a unix socket, tls_verify = false with no TLS; never falls back to plain HTTP."""
     host = cfg.resolved_host()
-    ca, cert, key = cfg.resolved_tls()
-    tls = bool(ca or cert)
+    t = tls_settings(cfg)
     if host.startswith("unix://"):
         path = host[len("unix://"):]
         if not path:
             raise ConfigError("docker.host", "unix:// needs a socket path")
+        if t.wanted:
+            raise ConfigError("docker.tls_ca" if t.origin == "keys" else t.origin,
+                              f"TLS is asked for ({'docker.tls_*' if t.origin == 'keys' else t.origin}) but "
+                              f"the Engine API is the unix socket {path}, which shipper reaches without TLS: "
+                              f"point docker.host (or DOCKER_HOST) at the daemon's TLS port, or drop the TLS "
+                              f"setting")
         return Endpoint("http://docker", unix_path=path)
     u = urlsplit(host)
     if u.scheme not in ("tcp", "http", "https") or not u.hostname:
         raise ConfigError("docker.host", f"cannot read {host!r} (unix:///path or tcp://host:port)")
-    secure = u.scheme == "https" or tls
+    secure = u.scheme == "https" or t.wanted
+    if not secure and not cfg.tls_verify:
+        raise ConfigError("docker.tls_verify", f"false turns off checking the daemon's certificate on a TLS "
+                                               f"connection, but {host} would be plain HTTP (no tls_ca, "
+                                               f"tls_cert or DOCKER_TLS_VERIFY): for TLS without client "
+                                               f"certificates write the host as https://HOST:PORT")
     port = u.port or (2376 if secure else 2375)  # Docker's conventional ports
     hostname = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
     base = f"{'https' if secure else 'http'}://{hostname}:{port}"
-    ctx = build_ssl_context(ca, cert, key, cfg.tls_verify) if secure else None
-    return Endpoint(base, ssl=ctx)
+    if not secure:
+        return Endpoint(base)
+    _check_tls_files(t)
+    ctx = build_ssl_context(t.ca, t.cert, t.key, t.verify,
+                            {"ca": t.name_of("ca"), "cert": t.name_of("cert")})
+    return Endpoint(base, ssl=ctx, client_cert=t.cert)
 
 
 def split_json_lines(buf: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
@@ -124,6 +214,43 @@ def split_json_lines(buf: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
 
 def _unavailable(where: str, e: BaseException) -> DockerUnavailable:
     return DockerUnavailable(f"Docker API unreachable ({where}): {type(e).__name__}: {e}")
+
+
+class ClientCertRefused(DockerUnavailable):
+    """The daemon's TLS stack sent an alert about shipper's client certificate: it was never connected.
+    Still retried (the daemon's CA or shipper's files may be fixed), but said for what it is."""
+
+    def __init__(self, message: str, alert: str, cert: str) -> None:
+        super().__init__(message)
+        self.alert = alert  # e.g. "SSLV3_ALERT_BAD_CERTIFICATE"
+        self.cert = cert  # the certificate presented ("" for none)
+
+
+# Alerts a TLS server sends about the client's certificate (OpenSSL reasons, received from the peer). A
+# failure to verify the *daemon's* certificate is local (SSLCertVerificationError) and not among them.
+CERT_REFUSED_ALERTS = ("ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_REQUIRED", "ALERT_UNKNOWN_CA",
+                       "ALERT_CERTIFICATE_UNKNOWN", "ALERT_CERTIFICATE_EXPIRED", "ALERT_CERTIFICATE_REVOKED",
+                       "ALERT_UNSUPPORTED_CERTIFICATE")
+
+
+def cert_refused_alert(e: BaseException) -> str:
+    """The alert, when `e` (or what caused it) is the peer refusing our certificate; "" otherwise."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, ssl.SSLError):
+            reason = str(getattr(x, "reason", "") or "")
+            text = reason or str(x).upper().replace(" ", "_")
+            for alert in CERT_REFUSED_ALERTS:
+                if alert in text:
+                    return reason or alert
+        todo += [x.__cause__, x.__context__, getattr(x, "os_error", None)]
+        todo += [a for a in getattr(x, "args", ()) if isinstance(a, BaseException)]
+    return ""
 
 
 class EventStream:
@@ -178,6 +305,12 @@ class EventStream:
     def close(self) -> None:
         self._resp.close()
 
+    def abort(self, reason: str) -> None:
+        """End the stream from outside: its reader gets DockerUnavailable (closing the session alone would
+        leave it waiting forever for data that cannot come)."""
+        self._resp.content.set_exception(ConnectionResetError(reason))
+        self._resp.close()
+
 
 class LogStream:
     """An open `/containers/{id}/logs` response: iterate for raw byte chunks of the stream as sent.
@@ -203,6 +336,11 @@ class LogStream:
     def close(self) -> None:
         self._resp.close()
 
+    def abort(self, reason: str) -> None:
+        """As EventStream.abort."""
+        self._resp.content.set_exception(ConnectionResetError(reason))
+        self._resp.close()
+
 
 class DockerClient:
     """One connection pool to one dockerd. Create it anywhere; the session opens on the first call."""
@@ -214,6 +352,7 @@ class DockerClient:
         self._prefix = f"/v{api_version}" if api_version else ""
         self._session: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
+        self._streams: weakref.WeakSet[EventStream | LogStream] = weakref.WeakSet()  # open ones, for close()
 
     @classmethod
     def from_config(cls, cfg: DockerConfig, metrics: Metrics | None = None) -> DockerClient:
@@ -235,6 +374,12 @@ class DockerClient:
         return self._session
 
     async def close(self) -> None:
+        """Close the connections, and end every stream still open on them: their readers get
+        DockerUnavailable and reconnect (through whichever client is current), instead of hanging on a
+        connection that closing the session does not wake them from."""
+        for stream in list(self._streams):
+            stream.abort("the Docker API client was closed")
+        self._streams.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -256,6 +401,11 @@ class DockerClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             if not self._fixed_version:
                 self._prefix = ""  # ask again: dockerd may come back as another version
+            alert = cert_refused_alert(e) if self.endpoint.ssl is not None else ""
+            if alert:
+                cert = self.endpoint.client_cert
+                raise ClientCertRefused(f"the Docker daemon refused shipper's client certificate ({alert}; "
+                                        f"docker.tls_cert={cert or '(none sent)'})", alert, cert) from e
             raise _unavailable(f"{method} {path}", e) from e
 
     async def _versioned(self) -> str:
@@ -348,7 +498,9 @@ class DockerClient:
             params["until"] = u
         if filters:
             params["filters"] = _filters(filters)
-        return EventStream(await self._request("GET", "/events", params=params, stream=True), self._metrics)
+        stream = EventStream(await self._request("GET", "/events", params=params, stream=True), self._metrics)
+        self._streams.add(stream)
+        return stream
 
     async def events(self, since: str | float | int | None = None, filters: Filters | None = None,
                      until: str | float | int | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -375,7 +527,9 @@ class DockerClient:
             params["tail"] = tail
         resp = await self._request("GET", f"/containers/{quote(container_id, safe='')}/logs", params=params,
                                    stream=True, gone_on_404=True)
-        return LogStream(resp, chunk_bytes)
+        stream = LogStream(resp, chunk_bytes)
+        self._streams.add(stream)
+        return stream
 
     async def logs(self, container_id: str, *, follow: bool, since: str | float | int | None = None,
                    until: str | float | int | None = None, timestamps: bool = True, stdout: bool = True,

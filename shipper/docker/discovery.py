@@ -8,7 +8,9 @@ Kinds of change, per container id:
   update  metadata became more precise without a rename: ApiDiscovery yields `start` straight from the
           event (name, image, labels) so a short-lived container's log is opened before `--rm` deletes it,
           then inspects it; when inspect adds something (tty, log driver or path, allowlisted env) the whole
-          refreshed `info` comes as `update`. Consumers replace their info, as for `rename`.
+          refreshed `info` comes as `update`. A `start` built from the event alone says so
+          (`info.guessed`: driver, path and TTY are assumed), and its inspect always comes as `update`,
+          even when the guess was right, so a consumer can wait for it before building a reader.
   remove  it is gone, with its files; `info` is the last known one.
 
 Both implementations keep trying through transient failures and never raise out of the iterator; which
@@ -20,6 +22,13 @@ missed, and drops the duplicates that overlap brings. After a broken stream it s
 that vanished meanwhile are removed, new ones started. Ids are never reused, so any event for a container
 already reported removed is ignored. dockerd replays only its last 256 events: after a longer or busier
 outage, a container that lived and was removed entirely within it cannot be seen by anyone.
+
+Bounded: events and inspect answers reach the session through one queue of EVENT_QUEUE_MAX items. When it is
+full the reader of /events waits (stops reading the socket), which dockerd answers by dropping events for
+this subscriber once its own buffer is full; so after a full queue the session is ended on purpose:
+counted and logged, it resubscribes from the last event handled (dockerd replays what it still has) and
+relists, which reconciles whatever was dropped. An inspect waiting for its turn is not queued twice for one
+container, so pending inspects are bounded by the number of containers, not by the rate of events.
 """
 
 from __future__ import annotations
@@ -36,9 +45,10 @@ from typing import Any, Literal
 
 from shipper.backoff import Backoff
 from shipper.config import Config, Discovery
-from shipper.docker.client import DockerClient, EventStream, since_from_ns
+from shipper.docker.client import ClientCertRefused, DockerClient, EventStream, since_from_ns
 from shipper.docker.metadata import ContainerInfo, info_from_config_files, info_from_event, info_from_inspect
 from shipper.errors import ContainerGone, DockerError, DockerUnavailable
+from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
 
 log = logging.getLogger("shipper.docker")
@@ -51,6 +61,8 @@ EVENTS_INVALID = "shipper_docker_events_invalid_total"
 INITIAL_BACKOFF_SECS = 0.5
 MIN_BACKOFF_SECS = 0.1  # a session failing right after its (costly) listing resets the backoff: never spin
 MAX_REMEMBERED = 10_000
+EVENT_QUEUE_MAX = 4096  # events and inspect answers waiting for the session (read when a session starts)
+INSPECT_ATTEMPTS = 5  # an inspect failing for another reason than the container being gone is retried
 
 
 @dataclass
@@ -144,7 +156,22 @@ class ApiDiscovery(ContainerDiscovery):
         self._created = _Bounded()  # id -> ContainerInfo inspected at `create`, before `start`
         self._since: int | None = None  # ns; where a new subscription resumes
         self._warned_event = False
+        self._waiting_inspect: set[str] = set()  # ids with an inspect queued but not started: never twice
+        self._queue: asyncio.Queue[tuple[str, Any]] | None = None
+        self._connected_once = False
+        self._cert_refused_said = False
+        self.state = "connecting"  # connected, unreachable, client_cert_refused (shipper_docker_api_state)
         self.synced = asyncio.Event()  # set while the event stream is live and the listing reconciled
+
+    @property
+    def backlog(self) -> int:
+        """Items waiting in the current session's queue (at most EVENT_QUEUE_MAX)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        if state != self.state:
+            self.state = state
+            tel.docker_api_state(self._metrics, state, detail)
 
     @property
     def known(self) -> dict[str, ContainerInfo]:
@@ -168,9 +195,20 @@ class ApiDiscovery(ContainerDiscovery):
             self.synced.clear()
             delay = self._backoff.next_delay()
             n = self._backoff.attempt
-            level = logging.WARNING if n == 1 or n % 10 == 0 else logging.DEBUG
-            log.log(level, "Docker API lost, will reconnect attempt=%d retry_in=%.2fs error=%s",
-                    n, delay, err)
+            if isinstance(err, ClientCertRefused):  # never connected: not "lost", and the cause is known
+                self._set_state("client_cert_refused", err.alert)
+                tel.docker_client_cert_refused(self._metrics, err.cert, err.alert, delay,
+                                               first=not self._cert_refused_said)
+                self._cert_refused_said = True
+            else:
+                self._set_state("unreachable")
+                level = logging.WARNING if n == 1 or n % 10 == 0 else logging.DEBUG
+                if self._connected_once:
+                    log.log(level, "Docker API lost, will reconnect attempt=%d retry_in=%.2fs error=%s",
+                            n, delay, err)
+                else:
+                    log.log(level, "Docker API unreachable, will retry attempt=%d retry_in=%.2fs error=%s",
+                            n, delay, err)
             await asyncio.sleep(delay)
 
     def _on_synced(self, stream: EventStream) -> None:
@@ -181,12 +219,16 @@ class ApiDiscovery(ContainerDiscovery):
             log.warning("Docker API reconnected after %d failed attempts; resynced containers=%d",
                         self._backoff.attempt, len(self._tracker.known))
             self._backoff.reset()
+        self._connected_once = True
+        self._cert_refused_said = False
+        self._set_state("connected")
         self.synced.set()
 
     async def _session(self) -> AsyncIterator[Change]:
         since = since_from_ns(self._since) if self._since is not None else None
         stream = await self._client.open_events(since=since, filters=EVENT_FILTERS)
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=EVENT_QUEUE_MAX)
+        self._queue = queue
         tasks: set[asyncio.Task[None]] = set()
         tasks.add(asyncio.create_task(self._pump(stream, queue)))
         try:
@@ -209,7 +251,8 @@ class ApiDiscovery(ContainerDiscovery):
                     raise payload
                 if kind == "event":
                     changes, inspect = self._on_event_safe(payload)
-                    if inspect:
+                    if inspect and inspect not in self._waiting_inspect:  # one still waiting will see it all
+                        self._waiting_inspect.add(inspect)
                         task = asyncio.create_task(self._inspect_later(inspect, queue))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
@@ -222,16 +265,25 @@ class ApiDiscovery(ContainerDiscovery):
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._waiting_inspect.clear()  # their tasks are gone; the next listing inspects everything
+            self._queue = None
 
     async def _pump(self, stream: EventStream, queue: asyncio.Queue[tuple[str, Any]]) -> None:
+        """Events into the bounded queue; when it is full, waits, then ends the session to resync (above)."""
         try:
             async for ev in stream:
+                if queue.full():
+                    tel.docker_event_queue_full(self._metrics, queue.maxsize)
+                    await queue.put(("event", ev))
+                    await queue.put(("error", DockerUnavailable(
+                        f"the event queue was full ({queue.maxsize} items): resubscribing to catch up")))
+                    return
                 queue.put_nowait(("event", ev))
-            queue.put_nowait(("error", DockerUnavailable("Docker closed the event stream")))
+            await queue.put(("error", DockerUnavailable("Docker closed the event stream")))
         except DockerError as e:
-            queue.put_nowait(("error", e))
+            await queue.put(("error", e))
         except Exception as e:  # whatever broke the stream, the session must hear of it
-            queue.put_nowait(("error", DockerUnavailable(f"event stream failed: {e!r}")))
+            await queue.put(("error", DockerUnavailable(f"event stream failed: {e!r}")))
 
     async def _list(self) -> dict[str, ContainerInfo]:
         """Every container that has (or had) a running process, inspected; gone ones are left out."""
@@ -242,6 +294,7 @@ class ApiDiscovery(ContainerDiscovery):
 
     async def _inspect(self, cid: str) -> ContainerInfo | None:
         async with self._sem:
+            self._waiting_inspect.discard(cid)  # from now on a newer event needs an inspect of its own
             try:
                 d = await self._client.inspect(cid)
             except ContainerGone:
@@ -255,13 +308,23 @@ class ApiDiscovery(ContainerDiscovery):
             return None
 
     async def _inspect_later(self, cid: str, queue: asyncio.Queue[tuple[str, Any]]) -> None:
-        try:
-            info = await self._inspect(cid)
-        except DockerError as e:  # the stream's own failure, if any, ends the session
-            log.debug("inspect failed id=%s error=%s", cid, e)
-            return
+        """Inspect after an event; retried, since a container started from its event alone is not read until
+        this answers. A broken stream ends the session anyway (and the relisting inspects everything)."""
+        backoff = Backoff(0.1, 2.0, floor=0.05)
+        for attempt in range(1, INSPECT_ATTEMPTS + 1):
+            try:
+                info = await self._inspect(cid)
+                break
+            except DockerError as e:
+                if attempt == INSPECT_ATTEMPTS:
+                    tel.docker_inspect_failed(self._metrics, cid, attempt, e)
+                    return
+                delay = backoff.next_delay()
+                log.debug("inspect failed, will retry id=%s attempt=%d retry_in=%.2fs error=%s",
+                          cid[:12], attempt, delay, e)
+                await asyncio.sleep(delay)
         if info is not None:
-            queue.put_nowait(("inspected", info))
+            await queue.put(("inspected", info))
 
     def _on_event_safe(self, ev: dict[str, Any]) -> tuple[list[Change], str]:
         try:

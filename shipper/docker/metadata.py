@@ -37,6 +37,9 @@ class ContainerInfo:
     created: str = ""  # RFC 3339, for the API reader's first `since`
     started_at: str = ""  # RFC 3339 of the last start; a change means the container was restarted
     auto_remove: bool = False  # `--rm`: the log file is deleted right after the container exits
+    # Built from a `start` event alone: log driver, log path and TTY are assumptions (json-file, the default
+    # path, no TTY) until an inspect answers. No reader may be built on them: see App._choose.
+    guessed: bool = False
 
     @property
     def id(self) -> str:
@@ -47,10 +50,12 @@ class ContainerInfo:
         return self.meta.name
 
     def same_as(self, other: ContainerInfo) -> bool:
-        """Equal in everything a reader or enrichment uses (timestamps aside: they are hints)."""
+        """Equal in everything a reader or enrichment uses (timestamps aside: they are hints). A guess is never
+        the same as the inspected truth, even when it guessed right: consumers wait for that answer."""
         return (self.meta == other.meta and self.log_driver == other.log_driver
                 and self.log_path == other.log_path and self.tty == other.tty
-                and self.running == other.running and self.auto_remove == other.auto_remove)
+                and self.running == other.running and self.auto_remove == other.auto_remove
+                and self.guessed == other.guessed)
 
 
 def default_log_path(data_root: str, container_id: str) -> str:
@@ -135,7 +140,8 @@ def info_from_event(event: dict[str, Any], host: str, data_root: str = DEFAULT_D
     """From a container event: enough to open the log at once, before inspect answers.
 
     `base` (an earlier inspect, e.g. at `create`) supplies what events lack (tty, driver, env); the event
-    supplies name, image and labels. Without a base the json-file driver is assumed: inspect corrects it.
+    supplies name, image and labels. Without a base the json-file driver, its default path and no TTY are
+    assumed, and the info says so (`guessed`): inspect corrects or confirms it.
     """
     actor = event.get("Actor") or {}
     cid = actor.get("ID") or event["id"]
@@ -157,7 +163,7 @@ def info_from_event(event: dict[str, Any], host: str, data_root: str = DEFAULT_D
         return replace(base, meta=meta, running=True, started_at=when,
                        log_path=base.log_path or _log_path(base.log_driver, "", data_root, cid))
     return ContainerInfo(meta=meta, log_path=default_log_path(data_root, cid), running=True, created=when,
-                         started_at=when)
+                         started_at=when, guessed=True)
 
 
 def info_from_config_files(container_dir: Path, host: str, env_allowlist: list[str],

@@ -1,10 +1,22 @@
-"""ECS JSON lines in a local file, one event a line, rotated by size (path, path.1, ... path.N)."""
+"""ECS JSON lines in a local file, one event a line, rotated by size (path, path.1, ... path.N).
+
+The file is followed by its path, as Filebeat's and Fluent Bit's file outputs do: before each request the
+path is checked (one stat) against the open file's device and inode, so a file removed (`rm`), moved away
+(`mv`, logrotate's default) or replaced under us is reopened at the path instead of written into an
+inode nobody can see, and a file truncated under us (logrotate's `copytruncate`) resets the size that
+rotation counts. A write that fails (a full disk) is cut back to where it started, so the retry does not
+leave half a line.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
+import re
+import stat
 from dataclasses import dataclass
 
 from shipper.errors import ConfigError, RetryableSinkError
@@ -13,6 +25,18 @@ from shipper.schema import doc
 from shipper.sinks.base import Request, Sink, SinkBase, SinkContext
 from shipper.sinks.ecs import JsonLinesEncoder
 from shipper.telemetry import events as tel
+from shipper.telemetry.metrics import Metrics
+
+log = logging.getLogger("shipper.sinks.file")
+_MODE = re.compile(r"^(?:0o?)?([0-7]{3})$")
+
+
+def parse_mode(text: str) -> int:
+    """'0600', '600' or '0o600' -> 0o600; ValueError for anything else (no setuid/sticky bits)."""
+    m = _MODE.match(text.strip())
+    if not m:
+        raise ValueError(f"not an octal file mode: {text!r}")
+    return int(m.group(1), 8)
 
 
 @dataclass(frozen=True)
@@ -21,11 +45,57 @@ class FileConfig(SinkBase):
     max_bytes: int = doc(100 * 1024 * 1024, "rotate when the file would grow past this (0: never)")
     max_files: int = doc(5, "rotated files kept beside the live one")
     fsync: bool = doc(False, "fsync after every batch")
+    mode: str = doc("0600", "permissions of the files the sink creates, octal (the umask can only remove "
+                            "bits); never world-writable")
 
     def validate(self, key: str) -> None:
         super().validate(key)
         if self.max_bytes < 0:
             raise ConfigError(f"{key}.max_bytes", "must not be negative")
+        try:
+            mode = parse_mode(self.mode)
+        except ValueError:
+            raise ConfigError(f"{key}.mode", f"must be an octal mode such as \"0600\" or \"0640\", "
+                                             f"got {self.mode!r}") from None
+        if mode & 0o002:
+            raise ConfigError(f"{key}.mode", f"{self.mode} is world-writable: anyone could forge or erase "
+                                             "events (use 0600 or 0640)")
+        if mode & 0o600 != 0o600:
+            raise ConfigError(f"{key}.mode", f"{self.mode} must let the owner read and write the file")
+
+
+def _path_followed(m: Metrics, sink: str, path: str, reason: str) -> None:
+    """The path no longer named the file the sink had open (or the file shrank): followed, nothing lost."""
+    m.inc("shipper_sink_file_followed_total", sink=sink, reason=reason)
+    what = {"removed": "the file was removed: writing to a new file at the path",
+            "moved": "the file was moved away (it keeps what was written): writing to a new file at the path",
+            "replaced": "another file is at the path now: writing to it",
+            "truncated": "the file was truncated under us (copytruncate): size for rotation reset"}[reason]
+    log.warning("file sink followed its path sink=%s path=%s reason=%s (%s; counted in "
+                "shipper_sink_file_followed_total)", sink, path, reason, what)
+
+
+class _OpenFile:
+    """The sink's one descriptor and the file (device, inode) it was opened on. Closed only here, once:
+    `close` forgets the number before closing it, so a number the kernel has since given to another part
+    of the process (a json-file reader) can never be closed a second time."""
+
+    __slots__ = ("dev", "fd", "ino", "regular")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            self.close()
+            raise
+        self.dev, self.ino = st.st_dev, st.st_ino
+        self.regular = stat.S_ISREG(st.st_mode)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class FileSink(Sink):
@@ -36,8 +106,9 @@ class FileSink(Sink):
         super().__init__(config, context)
         self.path = config.path or str(context.state_dir / "events.jsonl")
         self.encoder = JsonLinesEncoder()
-        self._fd = -1
-        self._size = 0
+        self._mode = parse_mode(config.mode)
+        self._file: _OpenFile | None = None
+        self._size = 0  # of the open file, as far as we wrote it or last saw it
         self._lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None
 
@@ -47,37 +118,65 @@ class FileSink(Sink):
         except OSError as e:
             raise RetryableSinkError(f"cannot open {self.path}: {e}") from e
 
-    def _open(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._size = os.fstat(self._fd).st_size
-        self._cut_torn_line()
+    # --- the descriptor: opened and closed here only ----------------------------------------------------
 
-    def _cut_torn_line(self) -> None:
+    def _open(self) -> None:
+        """Open (creating it with `mode`) the file at `path` for appending, closing the one open before."""
+        self._close_file()
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        f = _OpenFile(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._mode))
+        self._file = f
+        self._size = os.fstat(f.fd).st_size if f.regular else 0
+        if f.regular:
+            self._cut_torn_line(f)
+
+    def _close_file(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()
+
+    def _cut_torn_line(self, f: _OpenFile) -> None:
         """A crash mid-write leaves a last line without its newline. Its batch was never acked, so it is sent
         again whole: cut the fragment, or the next event would be glued onto it."""
         if self._size == 0:
             return
-        with open(self.path, "rb") as f:
-            f.seek(max(self._size - 1, 0))
-            if f.read(1) == b"\n":
+        with open(self.path, "rb") as r:
+            r.seek(max(self._size - 1, 0))
+            if r.read(1) == b"\n":
                 return
             keep = 0
             pos = self._size
             while pos > 0 and not keep:
                 start = max(pos - 65536, 0)
-                f.seek(start)
-                chunk = f.read(pos - start)
+                r.seek(start)
+                chunk = r.read(pos - start)
                 nl = chunk.rfind(b"\n")
                 if nl >= 0:
                     keep = start + nl + 1
                 pos = start
-        os.truncate(self.path, keep)
+        os.ftruncate(f.fd, keep)
         tel.torn_output_cut(self.context.metrics, self.context.name, self.path, self._size - keep)
         self._size = keep
 
+    def _follow_path(self, f: _OpenFile) -> None:
+        """Once a request: reopen when `path` no longer names the open file; notice a truncation."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (f.dev, f.ino):
+            if f.regular:  # a FIFO or a device has no size to follow
+                if st.st_size < self._size:
+                    _path_followed(self.context.metrics, self.context.name, self.path, "truncated")
+                self._size = st.st_size  # O_APPEND writes land at the real end, wherever that is now
+            return
+        gone = "removed" if os.fstat(f.fd).st_nlink == 0 else "moved"  # no link left, or another name
+        reason = "replaced" if st is not None else gone
+        _path_followed(self.context.metrics, self.context.name, self.path, reason)
+        self._open()
+
     def _rotate(self) -> None:
-        os.close(self._fd)
+        self._close_file()  # first: a failed rename below leaves no descriptor behind, the next write reopens
         if self.config.max_files > 0:
             for k in range(self.config.max_files - 1, 0, -1):
                 src = f"{self.path}.{k}"
@@ -86,8 +185,9 @@ class FileSink(Sink):
             os.replace(self.path, f"{self.path}.1")
         else:
             os.unlink(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._size = 0
+        self._open()
+
+    # --- requests ---------------------------------------------------------------------------------------
 
     def encode(self, batches: list[Batch]) -> Request:
         return Request(batches, self.encoder.encode(batches))
@@ -102,23 +202,60 @@ class FileSink(Sink):
 
     def _append(self, data: bytes) -> None:
         """In a worker thread: a write, a rotation or an fsync must not stall the event loop."""
-        if self._fd < 0:
+        if self._file is None:
             self._open()
-        if self.config.max_bytes and self._size and self._size + len(data) > self.config.max_bytes:
+        else:
+            self._follow_path(self._file)
+        assert self._file is not None
+        if (self.config.max_bytes and self._size and self._size + len(data) > self.config.max_bytes
+                and self._file.regular):
             self._rotate()
+        for _ in range(2):
+            f = self._file
+            assert f is not None
+            self._write(f, data)
+            if os.fstat(f.fd).st_nlink > 0:
+                if self.config.fsync:
+                    self._sync(f, len(data))
+                return
+            # removed between the check and the write: what we wrote is in a file no one can open
+            _path_followed(self.context.metrics, self.context.name, self.path, "removed")
+            self._open()
+        raise OSError(errno.ENOENT, "the file keeps being removed while we write to it")
+
+    def _write(self, f: _OpenFile, data: bytes) -> None:
+        """Append `data` whole, or not at all: a failed write (ENOSPC) is cut back to where it started."""
+        before = self._size
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        self._size += len(data)
-        if self.config.fsync:
-            os.fsync(self._fd)
+        try:
+            while view:
+                n = os.write(f.fd, view)
+                view = view[n:]
+        except OSError:
+            if len(view) < len(data):
+                self._cut_back(f, before)
+            raise
+        self._size = before + len(data) if f.regular else 0
+
+    def _sync(self, f: _OpenFile, n: int) -> None:
+        try:
+            os.fsync(f.fd)
+        except OSError:  # not known to be on disk: take it back, the request is sent again whole
+            self._cut_back(f, self._size - n)
+            raise
+
+    def _cut_back(self, f: _OpenFile, size: int) -> None:
+        if not f.regular:  # what went into a FIFO or a device cannot be taken back
+            return
+        try:
+            os.ftruncate(f.fd, size)
+            self._size = size
+        except OSError:  # cannot even cut: reopening later cuts the torn line (_cut_torn_line)
+            self._close_file()
 
     async def close(self) -> None:
         if self._writing is not None:
             with contextlib.suppress(Exception):
                 await self._writing
         async with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            self._close_file()

@@ -76,12 +76,15 @@ class SinkRunner:
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, max_attempts: int | None = None) -> None:
         """Start the sink and check it, retrying any failure: a destination that is down at start, or a sink
-        bug, must not end the daemon."""
+        bug, must not end the daemon. With `max_attempts` (replay), the last error is raised after that many
+        failed attempts instead."""
         cfg = self.sink.config
         backoff = Backoff(cfg.retry_initial_secs, cfg.retry_max_secs)
+        attempts = 0
         while True:
+            attempts += 1
             try:
                 await self.sink.start()
                 if cfg.healthcheck:
@@ -89,6 +92,8 @@ class SinkRunner:
                 break
             except Exception as e:
                 self.last_error = repr(e)
+                if max_attempts is not None and attempts >= max_attempts:
+                    raise
                 delay = backoff.next_delay()
                 self._set_state("failing" if backoff.attempt >= FAILING_AFTER_ATTEMPTS else "retrying")
                 tel.sink_retry(self.metrics, self.name, e, backoff.attempt, delay, "start")

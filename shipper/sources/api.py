@@ -19,6 +19,12 @@ Positions and resuming
 
 The stream ends when the container stops (and on a daemon restart): then `inspect` tells whether to
 reconnect at once, or flush the open events and wait for a restart (`started()`, or a slow poll).
+
+Framed or raw is the container's Config.Tty, from inspect: dockerd 20.10 sends no Content-Type on this
+endpoint (API 1.42 added application/vnd.docker.raw-stream / multiplexed-stream, which is honoured when
+present). A reader given a guessed info asks inspect before its first connection, and a stream that is not
+in the expected format makes it ask again. Every failure is counted (shipper_reader_failures_total) and
+logged with its backoff.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import logging
 import re
 import struct
 import time
+from dataclasses import replace
 from typing import Any
 
 from shipper.backoff import Backoff
@@ -157,16 +164,17 @@ class ApiSource(LogSource):
     def __init__(self, info: ContainerInfo, ctx: SourceContext, resume: Checkpoint | None,
                  client: DockerClient | None = None) -> None:
         super().__init__(info, ctx, resume)
-        client = client or ctx.docker
-        if client is None:
+        if client is None and ctx.docker_client() is None:
             raise ValueError("ApiSource needs a DockerClient (SourceContext.docker)")
-        self.client = client
+        self._client = client
         cfg = ctx.config
         self._batch_max = cfg.input.batch_max_events
         self._chunk = cfg.input.read_chunk_bytes
         self._poll = max(cfg.docker.poll_interval_secs, 0.01)
         self._backoff_max = max(cfg.docker.reconnect_max_secs, RETRY_INITIAL_SECS)
         self._decoder: FrameDecoder | TtyDecoder = TtyDecoder() if info.tty else FrameDecoder()
+        self._check_format = info.guessed  # ask inspect for Config.Tty before the next connection
+        self._start_seen = False  # a start event came since the current stream was opened
         # what has been handed to the assembler: the last timestamp and how many entries carried it
         self._last_ts = ""
         self._run = 0
@@ -184,9 +192,21 @@ class ApiSource(LogSource):
             if cfg.docker.start_at is StartAt.END:
                 self._fresh_since = since_from_ns(time.time_ns())
 
+    @property
+    def client(self) -> DockerClient:
+        """The client given, else the app's current one (it is replaced when discovery restarts)."""
+        client = self._client or self.ctx.docker_client()
+        if client is None:
+            raise DockerUnavailable("no Docker API client")
+        return client
+
     def renamed(self, meta: ContainerMeta) -> None:
         super().renamed(meta)
         self._wake.set()  # the app reports a restart of a known container this way too
+
+    def started(self) -> None:
+        self._start_seen = True
+        super().started()
 
     async def run(self) -> None:
         self._running = True
@@ -203,12 +223,17 @@ class ApiSource(LogSource):
         failures = 0  # connections that failed in a row (the backoff also counts clean ends without data)
         cid = self.meta.id
         while not self._closing:
-            self._start_connection()
             try:
+                if self._check_format:
+                    await self._learn_format()
+                self._start_connection()
+                self._start_seen = False  # a start from now on may have logs this stream does not carry
                 stream = await self.client.open_logs(cid, follow=True, since=self._since(), timestamps=True,
                                                      chunk_bytes=self._chunk)
                 if "raw-stream" in stream.content_type and isinstance(self._decoder, FrameDecoder):
                     self._decoder = TtyDecoder()  # the daemon knows best whether there is a TTY
+                elif "multiplexed-stream" in stream.content_type and isinstance(self._decoder, TtyDecoder):
+                    self._decoder = FrameDecoder()
                 got = await self._consume(stream)
                 ended_cleanly = True
             except ContainerGone:
@@ -218,10 +243,10 @@ class ApiSource(LogSource):
                 failures += 1
                 got, ended_cleanly = False, False
                 delay = backoff.next_delay()
+                if isinstance(e, BrokenStream):
+                    self._check_format = True  # framed vs raw may be what is wrong: ask the container's config
                 self.ctx.metrics.inc("shipper_docker_reconnects_total", where="logs")
-                log.log(logging.WARNING if failures == 1 or failures % 10 == 0 else logging.DEBUG,
-                        "log stream failed, will reconnect container=%s attempt=%d retry_in=%.1fs error=%s",
-                        self._label, failures, delay, e)
+                events.reader_failed(self.ctx.metrics, self._label, failures, delay, e)
             if self._closing:
                 await self._emit()
                 return
@@ -257,6 +282,18 @@ class ApiSource(LogSource):
             if not await self._wait_restart():
                 return
 
+    async def _learn_format(self) -> None:
+        """Framed or raw, from the container's Config.Tty (inspect): the logs endpoint of dockerd 20.10 does not
+        say. Raises ContainerGone; another failure leaves the decoder as it is, to be asked again."""
+        d = await self.client.inspect(self.meta.id)
+        tty = bool((d.get("Config") or {}).get("Tty"))
+        self._check_format = False
+        if tty != isinstance(self._decoder, TtyDecoder):
+            log.info("log stream format set from the container's config container=%s tty=%s", self._label, tty)
+            self._decoder = TtyDecoder() if tty else FrameDecoder()
+        if tty != self.info.tty or self.info.guessed:
+            self.info = replace(self.info, tty=tty, guessed=False)
+
     async def _running_now(self) -> bool:
         state = (await self.client.inspect(self.meta.id)).get("State") or {}
         return bool(state.get("Running")) or bool(state.get("Restarting"))
@@ -265,6 +302,8 @@ class ApiSource(LogSource):
         """Wait until the stopped container runs again (True) or is removed / shutdown comes (False)."""
         pace = Backoff(self._poll, max(self._backoff_max, self._poll), floor=self._poll)  # slowing, >= poll
         while True:
+            if self._start_seen:  # it ran again, perhaps so briefly that it has stopped already: stream it
+                return True
             await self._idle(pace.next_delay())
             if self._removed or self._closing:
                 await self._emit()

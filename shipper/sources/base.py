@@ -33,6 +33,12 @@ class SourceContext:
     metrics: Metrics
     emit: Emit
     docker: DockerClient | None = None  # the Engine API, for ApiSource; None with discovery = "files"
+    # The app's current client, asked at every use: the app replaces (and closes) its client when discovery
+    # restarts, and a reader must not keep a closed one. Wins over `docker` when set.
+    current_docker: Callable[[], DockerClient | None] | None = None
+
+    def docker_client(self) -> DockerClient | None:
+        return self.current_docker() if self.current_docker is not None else self.docker
 
 
 class LogSource(ABC):
@@ -62,6 +68,11 @@ class LogSource(ABC):
     def renamed(self, meta: ContainerMeta) -> None:
         """The container got a new name: events read from now on carry `meta`."""
         self.info.meta = meta
+
+    def refreshed(self, info: ContainerInfo) -> None:
+        """Discovery knows more (an inspect answered): keep it. Only what this reader was built for must not
+        change (driver, path, TTY): the app builds a new reader for that. Events carry `info.meta` from now."""
+        self.info = info
 
     def started(self) -> None:
         """A stopped container runs again: a stream reader reconnects now (a file reader just looks)."""

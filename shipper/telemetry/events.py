@@ -42,12 +42,28 @@ def event_truncated(m: Metrics, container: str, where: str, size: int, limit: in
                     "logged once per container)", container, where, size, limit)
 
 
-def log_gap(m: Metrics, container: str, reason: str, lost_bytes: int) -> None:
+def log_gap(m: Metrics, container: str, reason: str, lost_bytes: int, lost_lines: int = 0, *, exact: bool = True,
+            since: str = "", until: str = "") -> None:
+    """Log data lost before it was read: one gap, its bytes and lines counted. `exact` False: they are the
+    least it can be (what the files prove), logged as `lost_bytes>=N`. since/until: the times of the entries
+    read on either side of the loss (or of the first and last lost ones, when they were measured).
+
+    lost_bytes < 0: the reader cannot tell whether anything was lost. Logged as a possible gap and counted
+    in shipper_log_gap_possible_total only, never as data lost.
+    """
+    window = f" since={since or '-'} until={until or '-'}" if since or until else ""
+    if lost_bytes < 0:
+        m.inc("shipper_log_gap_possible_total", container=container, reason=reason)
+        log.warning("possible log gap: the reader cannot tell whether log data was lost container=%s reason=%s%s "
+                    "(counted in shipper_log_gap_possible_total, not as lost)", container, reason, window)
+        return
     m.inc("shipper_log_gap_total", container=container, reason=reason)
-    if lost_bytes > 0:
-        m.inc("shipper_log_gap_bytes_total", lost_bytes, container=container, reason=reason)
-    log.error("log data lost before it was read container=%s reason=%s lost_bytes=%s",
-              container, reason, lost_bytes if lost_bytes >= 0 else "unknown")
+    m.inc("shipper_log_gap_bytes_total", lost_bytes, container=container, reason=reason)
+    m.inc("shipper_log_gap_lines_total", lost_lines, container=container, reason=reason)
+    op = "=" if exact else ">="
+    log.error("log data lost before it was read container=%s reason=%s lost_bytes%s%d lost_lines%s%d%s%s",
+              container, reason, op, lost_bytes, op, lost_lines, window,
+              "" if exact else " (at least: the files show no more)")
 
 
 def events_dropped(m: Metrics, reason: str, n: int, where: str = "") -> None:
@@ -86,6 +102,25 @@ def request_given_up(m: Metrics, sink: str, batches: Sequence[Batch], n: int, er
               max(stamps, default="-"), ",".join(names[:20]))
 
 
+def sink_stalled(m: Metrics, sink: str, address: str, unacked_bytes: int, secs: float, kept: bool) -> None:
+    """A stream receiver took nothing for `secs`: the request waiting on it is retried, not counted as sent.
+    Called once per stall, not per retry."""
+    m.inc("shipper_sink_stalls_total", sink=sink)
+    log.warning("sink receiver stopped taking data sink=%s address=%s unacked_bytes=%d for_secs=%g action=%s "
+                "(counted in shipper_sink_stalls_total; its events stay in the buffer until the receiver "
+                "acknowledges them)", sink, address, unacked_bytes, secs,
+                "wait_on_same_connection" if kept else "reconnect")
+
+
+def sink_resent(m: Metrics, sink: str, n: int) -> None:
+    """Events written again on a new connection because the old one went away before the receiver
+    acknowledged them: they may arrive twice (same event), never zero times."""
+    m.inc("shipper_sink_resent_events_total", n, sink=sink)
+    if _once("resent", sink):
+        log.warning("sink resent events not acknowledged on a lost connection count=%d sink=%s (the receiver may "
+                    "get some twice; counted in shipper_sink_resent_events_total; logged once per sink)", n, sink)
+
+
 SINK_STATES = {"up": 0, "retrying": 1, "failing": 2, "starting": 3}
 
 
@@ -117,3 +152,63 @@ def spool_corrupt(m: Metrics, reason: str, records: int, nbytes: int, where: str
     if _once("spool_corrupt", where, reason):
         log.error("spool damage skipped reason=%s records=%d bytes=%d where=%s (the rest is delivered; "
                   "counted in shipper_spool_corrupt_records_total)", reason, records, nbytes, where)
+
+
+DOCKER_API_STATES = {"connected": 0, "unreachable": 1, "client_cert_refused": 2, "connecting": 3}
+
+
+def docker_api_state(m: Metrics, state: str, detail: str = "") -> None:
+    """Called on every change of the Engine API's state as discovery sees it (it keeps the previous one)."""
+    log.info("Docker API state changed state=%s%s", state, f" detail={detail}" if detail else "")
+    m.set("shipper_docker_api_state", DOCKER_API_STATES[state])
+
+
+def docker_client_cert_refused(m: Metrics, cert: str, alert: str, retry_in: float, first: bool) -> None:
+    """The daemon's TLS stack refused shipper's client certificate: never connected, so not "lost". Counted
+    at every attempt; said once (`first`) until a connection succeeds."""
+    m.inc("shipper_docker_client_cert_refused_total")
+    log.log(logging.ERROR if first else logging.DEBUG,
+            "the Docker daemon refused shipper's client certificate (docker.tls_cert=%s) alert=%s: check that "
+            "the daemon's --tlscacert signed it and that it is not expired; retrying, next in %.1fs (counted in "
+            "shipper_docker_client_cert_refused_total; state in shipper_docker_api_state; said once until "
+            "connected)", cert or "(none sent)", alert, retry_in)
+
+
+def docker_event_queue_full(m: Metrics, size: int) -> None:
+    """Discovery's bounded event queue filled up: reading /events pauses, then discovery resubscribes."""
+    m.inc("shipper_docker_event_queue_full_total")
+    if _once("event_queue_full"):
+        log.warning("Docker event queue full size=%d: reading /events paused (dockerd drops events for a "
+                    "subscriber that stops reading); resubscribing from the last event handled and relisting to "
+                    "catch up (counted in shipper_docker_event_queue_full_total; logged once)", size)
+
+
+def docker_inspect_failed(m: Metrics, container_id: str, attempts: int, error: BaseException) -> None:
+    m.inc("shipper_docker_inspect_failures_total")
+    log.warning("could not inspect container id=%s attempts=%d error=%s: it is read once an inspect answers "
+                "(the next resync, or its next event) (counted in shipper_docker_inspect_failures_total)",
+                container_id[:12], attempts, error)
+
+
+def reader_failed(m: Metrics, container: str, attempt: int, retry_in: float, error: BaseException) -> None:
+    """A container's log reader failed and retries: said at every failure, with the backoff."""
+    m.inc("shipper_reader_failures_total", container=container)
+    log.warning("log reader failed, will retry container=%s attempt=%d retry_in=%.1fs error=%s (counted in "
+                "shipper_reader_failures_total)", container, attempt, retry_in, error)
+
+
+def reader_crashed(m: Metrics, container: str) -> None:
+    """A reader raised out of its loop (a bug): counted, logged with the traceback (call from `except`)."""
+    m.inc("shipper_reader_failures_total", container=container)
+    log.error("log reader crashed container=%s; it restarts when the container is seen again (counted in "
+              "shipper_reader_failures_total)", container, exc_info=True)
+
+
+def container_unreadable(m: Metrics, container: str, reason: str, detail: str) -> None:
+    """A container whose log shipper cannot read (or could not learn how to): not shipped, never silently.
+    `reason` is a short code (the metric label), `detail` says it for a person."""
+    m.inc("shipper_containers_unreadable_total", reason=reason)
+    if _once("unreadable", container, reason):
+        log.warning("cannot read container's log container=%s reason=%s: %s (counted in "
+                    "shipper_containers_unreadable_total; logged once per container and reason)",
+                    container, reason, detail)

@@ -34,9 +34,21 @@ HELP: dict[str, str] = {
     "shipper_docker_events_invalid_total": "Docker events that could not be read (skipped).",
     "shipper_docker_config_invalid_total": "Container metadata that could not be read (skipped, retried).",
     "shipper_sink_failovers_total": "Times a sink moved to another of its addresses.",
+    "shipper_sink_stalls_total": "Times a stream receiver acknowledged nothing for write_timeout_secs.",
+    "shipper_sink_resent_events_total": "Events sent again: their connection was lost before they were acknowledged.",
+    "shipper_sink_file_followed_total": "Times a file sink reopened its path (removed, moved, replaced, truncated).",
     "shipper_sink_torn_bytes_total": "Bytes of a torn last line (left by a crash) a file sink cut at start.",
     "shipper_task_restarts_total": "Times a long-lived task failed and was restarted.",
     "shipper_docker_reconnects_total": "Times the Docker event stream was reconnected.",
+    "shipper_docker_api_state": "Engine API state: 0 connected, 1 unreachable, 2 client certificate refused, "
+                                "3 connecting.",
+    "shipper_docker_client_cert_refused_total": "Connections to the Engine API whose TLS peer refused shipper's "
+                                                "client certificate.",
+    "shipper_docker_event_queue_full_total": "Times discovery's event queue was full: /events reading paused, "
+                                             "then resubscribed and relisted to catch up.",
+    "shipper_docker_inspect_failures_total": "Containers that could not be inspected after retries.",
+    "shipper_reader_failures_total": "Failures of a container's log reader (each is retried with backoff).",
+    "shipper_containers_unreadable_total": "Containers whose log cannot be read, by reason (not shipped).",
 }
 
 

@@ -23,6 +23,10 @@ from typing import Any
 from tests.tlsutil import Certs, make_certs
 
 INPUTS = ("udp", "tcp", "ptcp", "tls", "mtls", "unix_dgram", "unix_stream")
+# imrelp (package rsyslog-relp): plain, TLS with a server certificate only, TLS requiring a client certificate.
+# Not among INPUTS: a harness with them needs imrelp installed.
+RELP_INPUTS = ("relp", "relp_tls", "relp_mtls")
+TLS_INPUTS = {"tls", "mtls", "relp_tls", "relp_mtls"}
 MAX_MESSAGE_SIZE = "256k"  # rsyslog's default (8k) would cut the large messages the tests send
 
 # Every parsed field, named as rsyslog names the property.
@@ -35,6 +39,17 @@ def available() -> bool:
     return shutil.which("rsyslogd") is not None
 
 
+def relp_available() -> bool:
+    """rsyslogd is there and can load imrelp."""
+    if not available():
+        return False
+    with tempfile.TemporaryDirectory(prefix="rsyslog-") as d:
+        conf = Path(d) / "relp.conf"
+        conf.write_text(f'global(workDirectory="{d}")\nmodule(load="imrelp")\n'
+                        f'action(type="omfile" file="{d}/out")\n')
+        return subprocess.run(["rsyslogd", "-N1", "-f", str(conf)], capture_output=True).returncode == 0
+
+
 def _free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
@@ -44,7 +59,8 @@ def _free_port(kind: int) -> int:
 class Rsyslog:
     """`start()`, `stop()`, `start()` again on the same ports and paths; `records()` reads what arrived."""
 
-    def __init__(self, inputs: tuple[str, ...] = INPUTS, certs: Certs | None = None) -> None:
+    def __init__(self, inputs: tuple[str, ...] = INPUTS, certs: Certs | None = None,
+                 relp_tls_lib: str = "openssl") -> None:
         # A short private dir: unix socket paths must fit in 108 bytes, pytest's tmp_path may not.
         self.dir = Path(tempfile.mkdtemp(prefix="rsyslog-"))
         self.inputs = inputs
@@ -55,16 +71,20 @@ class Rsyslog:
         self.ports = {name: _free_port(socket.SOCK_DGRAM if name == "udp" else socket.SOCK_STREAM)
                       for name in inputs if not name.startswith("unix")}
         self.paths = {name: str(self.dir / f"{name}.sock") for name in inputs if name.startswith("unix")}
-        if certs is None and ({"tls", "mtls"} & set(inputs)):
+        if certs is None and (TLS_INPUTS & set(inputs)):
             certs = make_certs(self.dir / "certs")
         self.certs = certs
+        # librelp's TLS library: "openssl", or "gnutls" (which asks every client for a certificate, so only
+        # relp_mtls works with it)
+        self.relp_tls_lib = relp_tls_lib
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf.write_text(self._config())
 
     def address(self, name: str) -> str:
         if name in self.paths:
             return f"unix://{self.paths[name]}"
-        scheme = {"udp": "udp", "tcp": "tcp", "ptcp": "tcp", "tls": "tls", "mtls": "tls"}[name]
+        scheme = {"udp": "udp", "tcp": "tcp", "ptcp": "tcp", "tls": "tls", "mtls": "tls", "relp": "relp",
+                  "relp_tls": "relp+tls", "relp_mtls": "relp+tls"}[name]
         return f"{scheme}://127.0.0.1:{self.ports[name]}"
 
     def _config(self) -> str:
@@ -79,16 +99,23 @@ class Rsyslog:
                          f'"{c.server_cert}" defaultNetstreamDriverKeyFile="{c.server_key}"')
         lines[-1] += ")"
         mods = {"udp": "imudp", "tcp": "imtcp", "tls": "imtcp", "mtls": "imtcp", "ptcp": "imptcp",
-                "unix_stream": "imptcp", "unix_dgram": "imuxsock"}
+                "unix_stream": "imptcp", "unix_dgram": "imuxsock", "relp": "imrelp", "relp_tls": "imrelp",
+                "relp_mtls": "imrelp"}
         for mod in sorted({mods[n] for n in self.inputs}):
             extra = ' SysSock.Use="off"' if mod == "imuxsock" else ""
+            if mod == "imrelp":
+                extra = f' tls.tlslib="{self.relp_tls_lib}"'
             lines.append(f'module(load="{mod}"{extra})')
+        # RELP acknowledges a message once the input has handed it on: with a direct queue that is after the
+        # write to the file, so what was acknowledged survives a kill -9 (the main queue would hold it in
+        # memory first)
+        direct = ' queue.type="Direct"' if set(RELP_INPUTS) & set(self.inputs) else ""
         lines += [
             'template(name="all" type="list" option.jsonf="on") {',
             props,
             '  property(outname="ts" name="timereported" dateFormat="rfc3339" format="jsonf")',
             '}',
-            f'ruleset(name="tests") {{ action(type="omfile" file="{self.out}" template="all") }}',
+            f'ruleset(name="tests"{direct}) {{ action(type="omfile" file="{self.out}" template="all") }}',
         ]
         for name in self.inputs:
             common = f'ruleset="tests" name="{name}"'
@@ -102,6 +129,16 @@ class Rsyslog:
                 lines.append(f'input(type="imtcp" address="127.0.0.1" port="{self.ports[name]}" {common} '
                              'streamDriver.name="gtls" streamDriver.mode="1" '
                              f'streamDriver.authMode="{auth}")')
+            elif name.startswith("relp"):
+                tls = ""
+                if name != "relp":
+                    assert self.certs is not None
+                    c = self.certs
+                    tls = (f' tls="on" tls.caCert="{c.ca}" tls.myCert="{c.server_cert}" '
+                           f'tls.myPrivKey="{c.server_key}"')
+                    if name == "relp_mtls":
+                        tls += ' tls.authMode="certvalid"'
+                lines.append(f'input(type="imrelp" address="127.0.0.1" port="{self.ports[name]}" {common}{tls})')
             elif name == "unix_stream":
                 lines.append(f'input(type="imptcp" path="{self.paths[name]}" unlink="on" {common})')
             elif name == "unix_dgram":
@@ -148,6 +185,13 @@ class Rsyslog:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """kill -9: no serverclose, no flush, no goodbye."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
 

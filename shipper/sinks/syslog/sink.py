@@ -1,19 +1,25 @@
 """The syslog sink: encodes each batch once, writes it once, fails over between addresses in order.
 
-Delivery means "written to the socket" (after `drain()` on streams): syslog has no acknowledgement. To keep
-the known loss windows small it checks, before each write, whether the receiver has closed the connection,
-and on datagrams it resumes a retried batch after the last datagram that went out, so a retry does not
-repeat what was already sent.
+Syslog has no acknowledgement. On datagrams delivery means "handed to the socket"; it resumes a retried batch
+after the last datagram that went out, so a retry does not repeat what was already sent. On streams (TCP, TLS,
+unix) a request is delivered once the peer's TCP has acknowledged its last byte (a unix peer: read it), as
+the kernel's send queue tells (SIOCOUTQ): what still sits in this host's buffers is never counted as sent. A
+receiver that takes nothing for `write_timeout_secs` fails the request (retried, the sink stays 'retrying'
+or 'failing'); while its TCP still answers, the same connection is kept and waited on, since a new one would
+only fill another receive buffer. A connection lost first has its unacknowledged messages written again on
+the next one, and all of the request's messages after a reset (RST: the receiver discarded what it had not
+read): duplicates, not losses. Before each write it checks whether the receiver has closed the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import logging
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shipper.errors import ConfigError, RetryableSinkError
 from shipper.event import Batch
@@ -32,9 +38,12 @@ from shipper.sinks.syslog.encode import (
     Template,
     check_sd_id,
 )
+from shipper.sinks.syslog.relp import DEFAULT_WINDOW as RELP_DEFAULT_WINDOW
+from shipper.sinks.syslog.relp import MAX_WINDOW as RELP_MAX_WINDOW
 from shipper.sinks.syslog.transport import (
     UDP_MAX_PAYLOAD,
     Address,
+    StreamTransport,
     Transport,
     connect,
     parse_address,
@@ -49,7 +58,9 @@ log = logging.getLogger("shipper.sinks.syslog")
 # 2048 is what a receiver should take and more risks IP fragmentation. Unix: rsyslog's default
 # $MaxMessageSize (8 KiB) is what a local /dev/log reader usually takes. TCP/TLS: 64 KiB, which the receiver
 # must be set up for (rsyslog: global(maxMessageSize="64k")).
-DEFAULT_MAX_MESSAGE_BYTES = {"udp": 2048, "unix": 8192, "tcp": 65536, "tls": 65536}
+# RELP: the same as TCP (rsyslog's imrelp takes up to maxMessageSize by default, like imtcp).
+DEFAULT_MAX_MESSAGE_BYTES = {"udp": 2048, "unix": 8192, "tcp": 65536, "tls": 65536, "relp": 65536,
+                             "relp+tls": 65536}
 MAX_MESSAGE_BYTES_CAP = 16 * 1024 * 1024
 
 
@@ -61,8 +72,9 @@ class TlsVersion(enum.Enum):
 @dataclass(frozen=True)
 class SyslogConfig(SinkBase):
     address: list[str] = doc(["unix:///dev/log"],
-                             "udp://host:port, tcp://host:port, tls://host:port or unix:///path; "
-                             "a list fails over in order")
+                             "udp://host:port, tcp://host:port, tls://host:port, unix:///path, or "
+                             "relp://host:port and relp+tls://host:port (RELP: acknowledged, the tls_* keys "
+                             "apply to relp+tls); a list fails over in order")
     format: Format = doc(Format.RFC5424,
                          "'rfc5424' (structured data, microseconds) or 'rfc3164' (BSD)")
     framing: Framing = doc(Framing.OCTET_COUNTING,
@@ -84,7 +96,8 @@ class SyslogConfig(SinkBase):
     sd_labels: bool = doc(False, "add the container's labels as a second SD element, name.labels@number")
     bom: bool = doc(False, "RFC 5424: start MSG with a UTF-8 byte order mark")
     max_message_bytes: int = doc(0, "longest syslog message, framing excluded; MSG is cut at a UTF-8 "
-                                    "boundary past it (0: udp 2048, unix 8192, tcp/tls 65536)")
+                                    "boundary past it (0: udp 2048, unix 8192, tcp/tls/relp 65536)")
+    relp_window: int = doc(RELP_DEFAULT_WINDOW, "relp://: most messages sent and not yet acknowledged by the receiver")
     tls_ca: str = doc("", "tls://: CA bundle that signed the receiver's certificate (default: system roots)")
     tls_cert: str = doc("", "tls://: client certificate, for receivers that require mutual TLS")
     tls_key: str = doc("", "tls://: the client certificate's private key")
@@ -125,10 +138,12 @@ class SyslogConfig(SinkBase):
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError(f"{key}.tls_key" if self.tls_cert else f"{key}.tls_cert",
                               "tls_cert and tls_key go together")
-        if not any(a.scheme == "tls" for a in addresses):
+        if not any(a.scheme in ("tls", "relp+tls") for a in addresses):
             for name in ("tls_ca", "tls_cert", "tls_server_name"):
                 if getattr(self, name):
-                    raise ConfigError(f"{key}.{name}", "is set but no address is tls://")
+                    raise ConfigError(f"{key}.{name}", "is set but no address is tls:// or relp+tls://")
+        if not 1 <= self.relp_window <= RELP_MAX_WINDOW:
+            raise ConfigError(f"{key}.relp_window", f"must be between 1 and {RELP_MAX_WINDOW}")
         for name in ("connect_timeout_secs", "write_timeout_secs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{key}.{name}", "must be positive")
@@ -152,6 +167,23 @@ class SyslogPayload:
         self.counted = False
 
 
+@dataclass(slots=True, eq=False)
+class _Sent:
+    """A request written on a stream connection and not yet acknowledged by the receiver as a whole."""
+
+    payload: SyslogPayload
+    first: int = 0  # its messages before this one were acknowledged on an earlier connection: not written again
+    transport: StreamTransport | None = None  # the connection carrying the rest, None once that is lost
+    ends: list[int] = field(default_factory=list)  # that connection's byte offset after each message from `first`
+    written: bool = False  # written at least once: writing it again may duplicate
+
+    def forget(self, acked: int) -> None:
+        """Its connection is gone: what `acked` covers arrived; the rest is written again on the next one."""
+        self.first += bisect.bisect_right(self.ends, acked)
+        self.transport = None
+        self.ends = []
+
+
 def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
@@ -173,13 +205,15 @@ class SyslogSink(Sink):
         self.transport: Transport | None = None
         self._tls: ssl.SSLContext | None = None
         self._lock = asyncio.Lock()
+        self._sent: dict[int, _Sent] = {}  # id(payload) -> stream requests written, not yet acknowledged
+        self._stalled = False  # the receiver took nothing for write_timeout_secs and has not since
 
     @property
     def address(self) -> Address:
         return self.addresses[self.index]
 
     async def start(self) -> None:
-        if any(a.scheme == "tls" for a in self.addresses):
+        if any(a.scheme in ("tls", "relp+tls") for a in self.addresses):
             cfg = self.config
             try:
                 self._tls = tls_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key, cfg.tls_verify_hostname,
@@ -209,7 +243,7 @@ class SyslogSink(Sink):
             addr = self.addresses[i]
             try:
                 t = await connect(addr, self.config.connect_timeout_secs, self._tls,
-                                  self.config.tls_server_name)
+                                  self.config.tls_server_name, self.config.relp_window)
             except OSError as e:  # refused, unreachable, DNS, timeout, TLS handshake or verification
                 errors.append(f"{addr}: {_describe(e)}")
                 continue
@@ -223,7 +257,17 @@ class SyslogSink(Sink):
     async def _drop(self) -> None:
         t, self.transport = self.transport, None
         if t is not None:
+            self._forget(t)
             await t.close()
+
+    def _forget(self, t: Transport) -> None:
+        """`t` is lost: its requests keep what it got acknowledged and write the rest on the next connection;
+        all of it after a reset, which discards what the receiver's kernel held unread."""
+        if isinstance(t, StreamTransport):
+            acked = 0 if t.reset else t.acked()
+            for sent in self._sent.values():
+                if sent.transport is t:
+                    sent.forget(acked)
 
     def limit(self, address: Address) -> int:
         return self.config.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES[address.scheme]
@@ -263,11 +307,16 @@ class SyslogSink(Sink):
     async def send(self, request: Request) -> Partial | None:
         if not request.events:
             return None
+        sent: _Sent | None = None
+        too_large: list[int] = []
         async with self._lock:  # one connection: requests in flight are written one after another
             transport = await self._ready()
             enc = self._encoded(request.payload, self._key(transport.stream, transport.address))
             try:
-                too_large = await transport.send(enc.messages, self.config.write_timeout_secs)
+                if isinstance(transport, StreamTransport) and transport.acks:
+                    sent = await self._write(transport, request.payload, enc.messages)
+                else:
+                    too_large = await transport.send(enc.messages, self.config.write_timeout_secs)
             except OSError as e:  # also TimeoutError and ssl.SSLError
                 went = 0 if transport.stream else transport.progress  # datagrams went out whole, each
                 await self._drop()
@@ -277,10 +326,58 @@ class SyslogSink(Sink):
                 if went:
                     return Partial(retry=range(went, request.events), reason=reason)
                 raise RetryableSinkError(reason) from e
+        if sent is not None:
+            assert isinstance(transport, StreamTransport)
+            await self._until_acked(transport, sent)
         if too_large:
             tel.events_dropped(self.context.metrics, "syslog_datagram_too_large", len(too_large),
                                self.context.name)
         return None
+
+    async def _write(self, t: StreamTransport, payload: SyslogPayload, messages: list[bytes]) -> _Sent:
+        """Write what of the request `t` does not carry yet: all of it, or what an earlier connection did not
+        get acknowledged; nothing when it is a retry after a stall on this same connection (waited on again)."""
+        sent = self._sent.pop(id(payload), None)
+        if sent is None or sent.payload is not payload:
+            sent = _Sent(payload)
+        self._sent[id(payload)] = sent  # the most recently used last
+        while len(self._sent) > 2 * self.config.max_in_flight + 2:  # the oldest: requests the runner gave up on
+            del self._sent[next(iter(self._sent))]
+        if sent.transport is not t:
+            rest = messages[sent.first:]
+            if sent.written and rest:
+                tel.sink_resent(self.context.metrics, self.context.name, len(rest))
+            sent.ends = await t.write(rest) if rest else []
+            sent.transport = t
+            sent.written = True
+        return sent
+
+    async def _until_acked(self, t: StreamTransport, sent: _Sent) -> None:
+        """Wait until the receiver has acknowledged the request's last byte. A receiver that takes nothing for
+        write_timeout_secs fails it: the connection is kept while the peer's TCP answers (a new one would only
+        fill another receive buffer and count it as sent), else dropped, failing over to the next address."""
+        timeout = self.config.write_timeout_secs
+        try:
+            if sent.ends:
+                await t.wait_acked(sent.ends[-1], timeout)
+        except OSError as e:  # TimeoutError: a stall; else the connection was lost
+            stalled = isinstance(e, TimeoutError)
+            keep = stalled and len(self.addresses) == 1 and t.peer_answers()
+            if stalled and not self._stalled:
+                self._stalled = True
+                tel.sink_stalled(self.context.metrics, self.context.name, str(t.address), t.unacked_bytes,
+                                 timeout, keep)
+            if not keep and self.transport is t:
+                self.transport = None
+                self._forget(t)
+                t.abort()
+                if len(self.addresses) > 1:
+                    self.index = (self.index + 1) % len(self.addresses)
+            raise RetryableSinkError(f"syslog send to {t.address} failed: {_describe(e)}") from e
+        self._sent.pop(id(sent.payload), None)
+        if self._stalled:
+            self._stalled = False
+            log.info("syslog receiver takes data again sink=%s address=%s", self.context.name, t.address)
 
     def _count(self, batch: Batch, encoded: Encoded) -> None:
         m, container = self.context.metrics, batch.container.name
@@ -291,3 +388,4 @@ class SyslogSink(Sink):
 
     async def close(self) -> None:
         await self._drop()
+        self._sent.clear()

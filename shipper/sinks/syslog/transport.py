@@ -2,28 +2,46 @@
 
 A transport knows nothing of syslog messages: it carries a list of already framed messages, one datagram
 each or written back to back on a stream. `send` returns once the bytes are in the kernel (stream: after
-`drain()`), which is all a syslog sender can ever know: there is no acknowledgement in the protocol.
+`drain()`). Syslog itself has no acknowledgement, but on a stream the kernel knows more: Linux's SIOCOUTQ
+tells how many of the bytes written are still in the send queue, not yet acknowledged by the peer's TCP (a
+unix stream socket: not yet read by the peer). `StreamTransport.write` and `wait_acked` use it, so a stream
+sender can tell what has left this host, and what would be lost with the connection.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
+import fcntl
 import socket
 import ssl
+import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from shipper.tls import client_context
 
-SCHEMES = ("udp", "tcp", "tls", "unix")
-DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}  # RFC 5426, common practice, RFC 5425
+SCHEMES = ("udp", "tcp", "tls", "unix", "relp", "relp+tls")
+# RFC 5426, common practice, RFC 5425; RELP: rsyslog's omrelp default (imrelp has none), TLS or not
+DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514, "relp": 514, "relp+tls": 514}
 UDP_MAX_PAYLOAD = 65507  # IPv4: 65535 - 8 (UDP header) - 20 (IP header)
 # TLS 1.3 finishes the client's handshake before the server has checked the client's certificate: a
 # receiver that refuses it answers with an alert a round trip later, after the first batch would have been
 # written "successfully" into a connection about to close. Wait this long for such an answer first.
 TLS13_REJECT_WAIT_SECS = 1.0
+# Linux ioctl (TIOCOUTQ, <asm/ioctls.h>): on a TCP socket the bytes written and not yet acknowledged by the
+# peer (sent or not), on a unix stream socket the bytes (as allocated, so a little more) not yet read by it.
+SIOCOUTQ = 0x5411
+# How often a sender looks whether its bytes were acknowledged: at once, then after 1 ms, doubling to 50 ms.
+ACK_POLL_FIRST_SECS = 0.001
+ACK_POLL_MAX_SECS = 0.05
+# struct tcp_info (<linux/tcp.h>, stable since 2.6): tcpi_retransmits and tcpi_probes are bytes 2 and 3;
+# tcpi_bytes_acked (since 4.1) is the u64 at byte 120.
+TCP_INFO_LEN = 128
+TCP_INFO_BYTES_ACKED = 120
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,8 @@ class Address:
 
 
 def parse_address(text: str) -> Address:
-    """`udp://host:port`, `tcp://host:port`, `tls://host:port` (port optional) or `unix:///path`."""
+    """`udp://host:port`, `tcp://host:port`, `tls://host:port`, `relp://host:port`, `relp+tls://host:port`
+    (port optional) or `unix:///path`."""
     try:
         parts = urlsplit(text)
         port = parts.port
@@ -95,12 +114,30 @@ class Transport(ABC):
 
 
 class StreamTransport(Transport):
+    """A TCP, TLS or unix stream connection that knows how much of what it wrote has left this host.
+
+    `written` counts the bytes handed to the writer; `acked()` how many of them the peer's TCP has
+    acknowledged (a unix stream peer: read), from what the event loop still buffers plus the kernel's send
+    queue (SIOCOUTQ). Over TLS the queue holds records, a little larger than the bytes written: an upper bound,
+    so `acked()` never claims too much. CPython's TLS transport hides what the socket transport under it
+    buffers and is looked through; uvloop's cannot be, so there a write counts as acknowledged only once
+    nothing at all is left, seen twice an event-loop turn apart.
+    """
+
     stream = True
 
     def __init__(self, address: Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(address)
         self._reader = reader
         self._writer = writer
+        self.written = 0  # bytes handed to the writer on this connection
+        self._acked = 0  # of them, acknowledged by the peer as far as has been seen (never goes back)
+        self._sock: Any = writer.get_extra_info("socket")
+        self._tcp = self._sock is not None and self._sock.family in (socket.AF_INET, socket.AF_INET6)
+        tls = writer.get_extra_info("ssl_object") is not None
+        self._inner = _tls_socket_transport(writer) if tls else None
+        self._exact = not tls or self._inner is not None
+        self.acks = self._sock is not None and self._unacked() is not None  # SIOCOUTQ answers (Linux)
 
     def usable(self) -> bool:
         # A receiver that went away has sent FIN (EOF) or RST (exception). Writing into such a socket still
@@ -108,15 +145,132 @@ class StreamTransport(Transport):
         r = self._reader
         return not (self._writer.is_closing() or r.at_eof() or r.exception() is not None)
 
-    async def send(self, messages: list[bytes], timeout: float) -> list[int]:
+    async def write(self, messages: list[bytes]) -> list[int]:
+        """Hand `messages` to the socket without waiting; returns the connection's byte offset after each
+        (what `wait_acked` takes). Raises ConnectionResetError if the receiver has closed the connection."""
         # Let the loop run twice first: a FIN or RST that reached the socket is then seen by usable().
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         if not self.usable():
             raise ConnectionResetError(errno.ECONNRESET, f"{self.address}: closed by the receiver")
+        ends = []
+        end = self.written
+        for m in messages:
+            end += len(m)
+            ends.append(end)
         self._writer.write(messages[0] if len(messages) == 1 else b"".join(messages))
+        self.written = end
+        return ends
+
+    async def send(self, messages: list[bytes], timeout: float) -> list[int]:
+        await self.write(messages)
         await asyncio.wait_for(self._writer.drain(), timeout)
         return []
+
+    def _unacked(self) -> int | None:
+        """Bytes written and not yet acknowledged by the peer: still in the event loop's buffers or in the
+        kernel's send queue. None when it cannot be told (closing, or no SIOCOUTQ)."""
+        if self._writer.is_closing():
+            return None  # the file descriptor may already be closed, its number reused
+        try:
+            fd = self._sock.fileno()
+            if fd < 0:
+                return None
+            queued = array.array("i", [0])
+            fcntl.ioctl(fd, SIOCOUTQ, queued, True)
+            size = queued[0] + self._writer.transport.get_write_buffer_size()
+            if self._inner is not None:
+                size += self._inner.get_write_buffer_size()
+        except (OSError, AttributeError, TypeError):
+            return None
+        return size
+
+    def acked(self) -> int:
+        """How many of the `written` bytes the peer has surely acknowledged (a lower bound)."""
+        if self._exact:
+            unacked = self._unacked()
+            if unacked is not None:
+                self._acked = max(self._acked, self.written - unacked)
+        return self._acked
+
+    def _progress(self) -> int:
+        """A number that grows whenever the peer acknowledges anything: TCP's count of bytes acknowledged,
+        else what `acked()` sees."""
+        if self._tcp and not self._writer.is_closing():  # closing: the descriptor's number may be reused
+            try:
+                info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+            except OSError:
+                info = b""
+            if len(info) >= TCP_INFO_BYTES_ACKED + 8:
+                return int(struct.unpack_from("=Q", info, TCP_INFO_BYTES_ACKED)[0])
+        return self.acked()
+
+    async def wait_acked(self, offset: int, timeout: float) -> None:
+        """Return once the peer has acknowledged every byte up to `offset`. Raises TimeoutError when it
+        acknowledges nothing for `timeout` seconds (a stall: see `peer_answers`), ConnectionResetError when
+        the connection closes first."""
+        if not self.acks:  # cannot tell: as much as the kernel took, the most a syslog sender knew
+            await asyncio.wait_for(self._writer.drain(), timeout)
+            return
+        loop = asyncio.get_running_loop()
+        mark = self._progress()
+        deadline = loop.time() + timeout
+        delay = ACK_POLL_FIRST_SECS
+        seen_empty = False
+        while True:
+            if self.acked() >= offset:
+                return
+            if not self._exact and self._unacked() == 0:  # uvloop TLS: nothing left anywhere, look once more
+                if seen_empty:
+                    self._acked = self.written
+                    return
+                seen_empty = True
+            else:
+                seen_empty = False
+            if not self.usable():
+                raise ConnectionResetError(errno.ECONNRESET, f"{self.address}: closed by the receiver with "
+                                                             f"{self.written - self._acked} bytes unacknowledged")
+            now = loop.time()
+            progress = self._progress()
+            if progress != mark:
+                mark = progress
+                deadline = now + timeout
+            elif now >= deadline:
+                raise TimeoutError(errno.ETIMEDOUT, f"{self.address}: the receiver acknowledged nothing for "
+                                                    f"{timeout:g}s ({self.written - self._acked} bytes unacknowledged)")
+            await asyncio.sleep(min(delay, max(deadline - now, 0.0)))
+            delay = min(delay * 2, ACK_POLL_MAX_SECS)
+
+    @property
+    def unacked_bytes(self) -> int:
+        return self.written - self.acked()
+
+    @property
+    def reset(self) -> bool:
+        """The peer reset the connection (RST): a receiver closing with data unread, or killed, discards what
+        its kernel had acknowledged and it had not read yet."""
+        return isinstance(self._reader.exception(), ConnectionResetError)
+
+    def peer_answers(self) -> bool:
+        """After a stall: whether the peer's TCP is still there and answering, its window closed because the
+        application does not read (then a new connection would only fill another receive buffer), rather than
+        a peer or path gone silent (data sent and not acknowledged, window probes unanswered). A unix peer is
+        on this host: there while the connection is open."""
+        if not self.usable():
+            return False
+        if not self._tcp:
+            return True
+        try:
+            info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+        except OSError:
+            return False
+        retransmits, probes = info[2], info[3]
+        return retransmits == 0 and probes <= 1  # one probe may be out, its answer on the way
+
+    def abort(self) -> None:
+        """Close at once, dropping what the event loop still buffers. What the kernel holds still goes out
+        (FIN after it, not RST), so a peer that reads again gets it: only ever duplicates."""
+        self._writer.transport.abort()
 
     async def close(self) -> None:
         try:
@@ -124,6 +278,14 @@ class StreamTransport(Transport):
             await asyncio.wait_for(self._writer.wait_closed(), 2.0)
         except (OSError, TimeoutError, ssl.SSLError):
             pass
+
+
+def _tls_socket_transport(writer: asyncio.StreamWriter) -> Any:
+    """The socket transport under CPython's TLS transport, whose buffer the TLS transport's size leaves out;
+    None elsewhere (uvloop)."""
+    protocol = getattr(writer.transport, "_ssl_protocol", None)
+    inner = getattr(protocol, "_transport", None)
+    return inner if callable(getattr(inner, "get_write_buffer_size", None)) else None
 
 
 class DatagramTransport(Transport):
@@ -160,8 +322,13 @@ class DatagramTransport(Transport):
 
 
 async def connect(address: Address, timeout: float, tls: ssl.SSLContext | None = None,
-                  server_name: str = "") -> Transport:
-    """Open a transport to `address`; raises OSError (refused, unreachable, timeout, TLS failure)."""
+                  server_name: str = "", relp_window: int | None = None) -> Transport:
+    """Open a transport to `address`; raises OSError (refused, unreachable, timeout, TLS failure).
+    `relp_window`: relp:// only, most messages sent ahead of their acknowledgements (None: RELP's default)."""
+    if address.scheme in ("relp", "relp+tls"):
+        from shipper.sinks.syslog import relp  # imports this module
+
+        return await relp.connect_relp(address, timeout, tls, server_name, relp_window or relp.DEFAULT_WINDOW)
     if address.scheme == "udp":
         return await _connect_udp(address, timeout)
     if address.scheme == "unix":

@@ -6,6 +6,16 @@ them, and the checkpoint of a batch names the file its offset belongs to (dev:in
 first line, since rotation reuses inodes at once) even when an open multi-line event began in a file that
 has since rotated. Resuming finds that file among the rotated ones, finishes it and the newer ones oldest
 first, then follows the live file.
+
+Gaps are reported only when data was lost, with its size: exact where the lost data can still be measured
+(compressed files, which are not read), else the least the file system proves (`lost_bytes>=`): dockerd
+rotates a file only once it holds max-size bytes, so a file deleted unread held at least that much, and
+the rest of a checkpoint's deleted file at least max-size minus the position. Whether files were deleted
+unread at all, when dockerd rotated max-file times or more between two looks, the file system cannot tell
+(max-file rotations lose nothing); inotify's count of the live files dockerd created can: it is compared
+with the files found at the next quiet look (`_settle`). Where nothing tells (no inotify, a checkpoint's
+file gone after it was read to max-size, a truncation not dockerd's, a new container found with max-file
+files), it is a possible gap: logged and counted apart, never as data lost.
 """
 
 from __future__ import annotations
@@ -16,6 +26,8 @@ import logging
 import os
 import time
 from collections import deque
+from dataclasses import dataclass
+from typing import BinaryIO
 
 from shipper.config import StartAt
 from shipper.docker.metadata import ContainerInfo
@@ -25,12 +37,19 @@ from shipper.sources.base import LogSource, SourceContext
 from shipper.sources.jsonfile.inotify import _Inotify
 from shipper.sources.jsonfile.parse import _Parser
 from shipper.sources.jsonfile.rotation import (
+    MIN_ENTRY_BYTES,
+    Measured,
     _LogFile,
-    find_compressed,
+    compressed_first_time,
+    compressed_names,
+    compressed_newer,
     find_resume,
     fingerprint,
-    first_read_gap,
+    first_time,
     json_log_path,
+    last_time,
+    log_limits,
+    measure_compressed,
     open_chain,
     open_newer,
 )
@@ -42,6 +61,23 @@ GEN_SHIFT = 40  # offsets below 1 TiB; the generation of the file above
 OFFSET_MASK = (1 << GEN_SHIFT) - 1
 _MIN_IDLE = 0.005
 _PROCESS_START_NS = time.time_ns() - 1_000_000_000  # containers started after this are ours to have read
+_COUNT_WAIT = 1.0  # seconds a count short of the files found is waited for (an inotify event on its way)
+
+
+@dataclass(slots=True)
+class _Unread:
+    """Compressed log files never read (compressed files are not read): measured off the loop, reported."""
+    reason: str
+    files: list[BinaryIO]  # oldest first
+    skip: int = 0  # bytes of the first one read already (a checkpoint's position)
+
+
+@dataclass(slots=True)
+class _Overrun:
+    """A look that met neither the newest file known nor a compressed copy of it among the rotated files:
+    dockerd rotated max-file times or more since it was live. Files were deleted unread only if more."""
+    since: str  # time of the last entry before (read)
+    until: str  # time of the first entry after (to be read)
 
 
 class JsonFileSource(_Parser, LogSource):
@@ -64,6 +100,16 @@ class JsonFileSource(_Parser, LogSource):
         self._consumed = 0  # first byte of the current file not yet handed to the assembler
         self._tail = b""  # an entry whose newline has not been written yet
         self._skip = 0  # > 0: inside an over-long line, this many bytes of it dropped so far
+        # gaps: see the module docstring
+        self._limits = (0, 0)  # (max-file, max-size) from hostconfig.json, read when first needed
+        self._live_name = os.path.basename(self.path)
+        self._seen = 0  # files found newer than the first ones: dockerd created each as the live file
+        self._anchor: tuple[int, int, int] | None = None  # (overflows, creates, _seen) when they agreed
+        self._lost_files = 0  # files reported deleted unread since the anchor
+        self._overruns: list[_Overrun] = []  # waiting for the count
+        self._unsettled = False  # the next quiet look takes the count (baseline or overruns)
+        self._count_due = 0.0  # a count that does not add up is waited for until then (monotonic)
+        self._unread: list[_Unread] = []  # waiting to be measured
 
     def _has_reader(self) -> bool:
         return self._cur is not None
@@ -71,16 +117,26 @@ class JsonFileSource(_Parser, LogSource):
     async def run(self) -> None:
         self._running = True
         try:
+            self._start_watch()  # before the first listing when the folder is there: the count covers it
             if await self._open_start():
-                self._watch = _Inotify.watch(os.path.dirname(self.path), self._changed)
+                self._start_watch()
                 await self._follow()
         finally:
             self._running = False
+            with contextlib.suppress(OSError):
+                self._last_gaps()
             if self._watch is not None:
                 self._watch[0].unwatch(self._watch[1], self._changed)
                 self._watch = None
             self._close_files()
             self._done.set()
+
+    def _start_watch(self) -> None:
+        if self._watch is None:
+            self._watch = _Inotify.watch(os.path.dirname(self.path), self._changed)
+            if self._watch is not None:
+                self._watch[0].count_creates(self._watch[1], self._live_name)
+                self._unsettled = True  # the count's baseline, at the first quiet look
 
     def _changed(self) -> None:
         """inotify: the folder changed. Open a new live file at once, even while a push is waiting."""
@@ -98,6 +154,8 @@ class JsonFileSource(_Parser, LogSource):
         monotonic = time.monotonic
         while True:
             at_end = self._pump()
+            if self._unread:
+                await self._measure()
             self._asm.flush_expired(monotonic())
             if self._closing:
                 await self._emit()  # complete events only: open ones stay before the checkpoint
@@ -235,6 +293,8 @@ class JsonFileSource(_Parser, LogSource):
         self._set_current(self._track(chain[start]), offset)
         for f in chain[start + 1:]:
             self._queue.append(self._track(f))
+        if self._unsettled:
+            self._settle()  # the count's baseline: every file there now is known
         self._skip_shipped()
         log.debug("reading json-file log container=%s path=%s file=%d/%d offset=%d", self._label, self.path,
                   start + 1, len(chain), offset)
@@ -245,11 +305,15 @@ class JsonFileSource(_Parser, LogSource):
         cp = self.resume
         if cp is not None and isinstance(cp.position, int) and cp.file_id:
             start, offset, gap = find_resume(chain, cp.file_id, cp.position)
-            if gap is not None:
-                events.log_gap(self.ctx.metrics, self._label, gap, -1)
-            if gap == "rotated_before_read":
-                log.warning("checkpoint file no longer exists, starting at the oldest log file container=%s "
+            if gap == "truncated":
+                # the same first line, but shorter than the checkpoint: cut by something other than dockerd,
+                # whose max-file=1 truncation refills the file with other lines. What was past the position
+                # cannot be known.
+                events.log_gap(self.ctx.metrics, self._label, "truncated", -1, until=first_time(chain[start].fd))
+                log.warning("checkpoint is past the end of its file, reading it again from its start container=%s "
                             "file_id=%s offset=%s", self._label, cp.file_id, cp.position)
+            elif gap == "rotated_before_read":
+                self._checkpoint_gone(chain, cp.file_id, cp.position)
             return start, offset
         if cp is not None:
             log.info("checkpoint is not a json-file position (read mode changed?); applying start_at "
@@ -260,30 +324,74 @@ class JsonFileSource(_Parser, LogSource):
         last = len(chain) - 1
         return last, os.fstat(chain[last].fd).st_size
 
-    def _check_complete(self, chain: list[_LogFile]) -> None:
-        """A first read finding every file dockerd keeps (max-file of them), or gzipped ones: older logs may
-        be gone or are compressed (not read).
+    def _checkpoint_gone(self, chain: list[_LogFile], file_id: str, position: int) -> None:
+        """The checkpoint's file is not among the log files: compressed (measured: exact), or deleted.
 
-        A gap when the container started while shipper ran (the reader came too late for a burst); only a
-        notice for a container older than shipper, whose rotated-away logs predate it.
+        A deleted one held max-size bytes or more (dockerd rotates or truncates a file only then), so with
+        the position below max-size at least the difference was lost; files deleted whole after it cannot
+        be seen (at least). With the position at max-size or past it, the file was read to its end and
+        whether whole files were deleted after it cannot be told: a possible gap.
         """
-        reason, gz = first_read_gap(self.path, len(chain))
-        if reason is None:
+        fp = file_id.split(":")[2] if file_id.count(":") > 1 else ""
+        held = {f.fp for f in chain if f.file_id() and f.fp}
+        gz, found = compressed_newer(self.path, fp, held)
+        gz.reverse()
+        if found is not None:  # compress=true: gzipped before it was read to its end
+            self._unread.append(_Unread("compressed_before_read", [found, *gz], position))
+            log.warning("checkpoint file was compressed by dockerd before it was read to its end; compressed files "
+                        "are not read container=%s file_id=%s offset=%s", self._label, file_id, position)
             return
+        until = compressed_first_time(gz[0]) if gz else first_time(chain[0].fd)
+        if gz:
+            self._unread.append(_Unread("compressed_before_read", gz))
+        max_size = self._log_limits()[1]
+        lost = max_size - position if max_size else 0
+        events.log_gap(self.ctx.metrics, self._label, "rotated_before_read", lost if lost > 0 else -1,
+                       1, exact=False, until=until)
+        log.warning("checkpoint file no longer exists, starting at the oldest log file container=%s "
+                    "file_id=%s offset=%s max_size=%s", self._label, file_id, position, max_size or "unknown")
+
+    def _check_complete(self, chain: list[_LogFile]) -> None:
+        """A first read finding gzipped files (not read: measured) or every file dockerd keeps (max-file of
+        them: older ones may be gone).
+
+        Gaps when the container started while shipper ran (the reader came too late for a burst), only a
+        notice for a container older than shipper, whose rotated-away logs predate it. Whether the oldest
+        file found is the container's first cannot be told: dockerd writes before it sets StartedAt (whole
+        files in a burst), so neither the first entry's time nor the file's birth tells; a possible gap.
+        """
+        max_file = self._log_limits()[0]
         started = self.info.started_at or self.info.created
         try:
             started_ns = ts_to_ns(started) if started else 0
         except ValueError:
             started_ns = 0
-        if started_ns >= _PROCESS_START_NS:
-            events.log_gap(self.ctx.metrics, self._label, reason, -1)
-            log.warning("at the first read of a new container its older logs were already rotated away or "
-                        "compressed (not read) container=%s files=%d compressed=%d", self._label,
-                        len(chain), gz)
-        else:
-            log.info("at the first read of this container its older logs were rotated away or compressed "
-                     "(not read) before shipper started container=%s files=%d compressed=%d", self._label,
-                     len(chain), gz)
+        if started_ns < _PROCESS_START_NS:
+            n_gz = len(compressed_names(self.path))
+            if n_gz or (max_file >= 2 and len(chain) + n_gz >= max_file):
+                log.info("at the first read of this container its older logs were rotated away or compressed "
+                         "(not read) before shipper started container=%s files=%d compressed=%d", self._label,
+                         len(chain) + n_gz, n_gz)
+            return
+        held = {f.fp for f in chain if f.file_id() and f.fp}
+        gz, _ = compressed_newer(self.path, "", held)
+        gz.reverse()
+        files = len(chain) + len(gz)
+        full = max_file >= 2 and files >= max_file
+        until = (compressed_first_time(gz[0]) if gz else first_time(chain[0].fd)) if full else ""
+        if gz:
+            self._unread.append(_Unread("compressed_before_read", gz))
+        if full:
+            events.log_gap(self.ctx.metrics, self._label, "rotated_before_start", -1, since=started, until=until)
+            log.warning("at the first read of a new container dockerd kept max-file=%d log files: older ones may "
+                        "have been rotated away unread container=%s files=%d compressed=%d", max_file,
+                        self._label, files, len(gz))
+
+    def _log_limits(self) -> tuple[int, int]:
+        """(max-file, max-size); (0, 0) while hostconfig.json cannot be read."""
+        if not self._limits[0]:
+            self._limits = log_limits(self.path)
+        return self._limits
 
     def _look(self) -> None:
         """Open the live file if it is one we do not hold yet (dockerd rotated)."""
@@ -294,6 +402,8 @@ class JsonFileSource(_Parser, LogSource):
         last = self._queue[-1] if self._queue else self._cur
         assert last is not None
         if st.st_ino == last.ino and st.st_dev == last.dev:
+            if self._unsettled:
+                self._settle()
             return
         self._discover(last)
 
@@ -306,24 +416,124 @@ class JsonFileSource(_Parser, LogSource):
         if not newer:
             return
         if not met:
-            at = find_compressed(self.path, last)
-            if at > 1:
-                # `compress=true`: the files between were rotated and gzipped before they were seen
-                events.log_gap(self.ctx.metrics, self._label, "compressed_before_read", -1)
-                log.warning("dockerd rotated and compressed %d log files between two looks; compressed files "
-                            "are not read container=%s", at - 1, self._label)
-            elif at < 0:
-                # `last` is no longer among the rotated files: dockerd rotated max-file times or more since
-                # it was live. Exactly max-file times loses nothing, more loses whole files; the file
-                # system cannot tell the two apart, so it is reported as a possible gap, never kept quiet.
-                events.log_gap(self.ctx.metrics, self._label, "rotation_overrun", -1)
-                log.warning("dockerd rotated the log max-file times or more between two looks: a file may "
-                            "have been deleted unread (reader too slow for max-size/max-file) container=%s",
-                            self._label)
+            self._rotated_past(last, newer)
+        self._seen += len(newer)
         for f in reversed(newer):
             self._queue.append(self._track(f))
         if len(newer) > 1:
             log.debug("dockerd rotated %d times between two looks container=%s", len(newer), self._label)
+
+    def _rotated_past(self, last: _LogFile, newer: list[_LogFile]) -> None:
+        """`last` (held open: read to its end) is no longer among the rotated files: dockerd rotated max-file
+        times or more since it was live, or compressed it (compress=true)."""
+        held = {f.fp for f in (*newer, *self._queue, self._cur) if f is not None and f.file_id() and f.fp}
+        last.file_id()
+        gz, found = compressed_newer(self.path, last.fp, held)
+        gz.reverse()
+        if gz:
+            self._seen += len(gz)
+            self._unread.append(_Unread("compressed_before_read", gz))
+        if found is not None:  # every file since `last` is there, compressed or not: none deleted
+            found.close()
+            return
+        overrun = _Overrun(last_time(last.fd), compressed_first_time(gz[0]) if gz else first_time(newer[-1].fd))
+        if self._anchor is not None:
+            self._overruns.append(overrun)
+            self._unsettled = True  # the next quiet look tells how many files were deleted unread
+            return
+        events.log_gap(self.ctx.metrics, self._label, "rotation_overrun", -1, since=overrun.since,
+                       until=overrun.until)
+        log.warning("dockerd rotated the log max-file times or more between two looks: files may have been deleted "
+                    "unread, which only inotify's count tells (not available) container=%s", self._label)
+
+    def _count_now(self) -> tuple[int, int] | None:
+        """inotify's (overflows, live files created) as of a moment the live file was the newest file known,
+        or None (no inotify, or a rotation under way)."""
+        if self._watch is None:
+            return None
+        inst, wd = self._watch
+        before = inst.creates(wd, self._live_name)
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        last = self._queue[-1] if self._queue else self._cur
+        if last is None or st.st_ino != last.ino or st.st_dev != last.dev:
+            return None
+        # the kernel shows a new file a moment before it queues its creation, both under the folder's
+        # lock: listing the folder takes that lock, so every file the stat could see is counted after it
+        try:
+            os.listdir(os.path.dirname(self.path))
+        except OSError:
+            return None
+        after = inst.creates(wd, self._live_name)
+        return after if after == before else None
+
+    def _settle(self) -> None:
+        """At a quiet look: the files dockerd created since the baseline minus those found are the ones
+        deleted unread (reported at the overruns waiting), or take the baseline."""
+        count = self._count_now()
+        if count is None:
+            return
+        epoch, creates = count
+        a = self._anchor
+        lost = -1
+        if a is not None and a[0] == epoch:
+            lost = (creates - a[1]) - (self._seen - a[2]) - self._lost_files
+            if lost < 0:
+                # more files found than created: a creation not counted yet (see _count_now); the next
+                # quiet looks will have it
+                now = time.monotonic()
+                self._count_due = self._count_due or now + _COUNT_WAIT
+                if now < self._count_due:
+                    return
+        self._count_due = 0.0
+        if lost < 0:  # no baseline yet, the kernel's queue overflowed, or a count that does not add up
+            for ov in self._overruns:
+                events.log_gap(self.ctx.metrics, self._label, "rotation_overrun", -1, since=ov.since, until=ov.until)
+            self._anchor, self._lost_files = (epoch, creates, self._seen), 0
+        elif lost:
+            self._lost(lost)
+            self._lost_files += lost
+        elif self._overruns:
+            log.debug("dockerd rotated max-file times between two looks: no file was deleted unread container=%s",
+                      self._label)
+        self._overruns.clear()
+        self._unsettled = False
+
+    def _lost(self, files: int) -> None:
+        """`files` log files were created and deleted between two looks: each held max-size bytes or more."""
+        max_size = self._log_limits()[1]
+        ovs = self._overruns
+        events.log_gap(self.ctx.metrics, self._label, "rotation_overrun", files * (max_size or MIN_ENTRY_BYTES),
+                       files, exact=False, since=ovs[0].since if ovs else "", until=ovs[-1].until if ovs else "")
+        log.warning("dockerd rotated the log past max-file between two looks: %d file(s) deleted before they could "
+                    "be opened, each of max-size=%s bytes or more (reader too slow for max-size/max-file) "
+                    "container=%s", files, max_size or "unknown", self._label)
+
+    async def _measure(self) -> None:
+        """Measure the compressed files not read (off the loop: decompressing takes a while) and report them."""
+        while self._unread:
+            u = self._unread.pop(0)
+            self._report_unread(u, await asyncio.to_thread(measure_compressed, u.files, u.skip))
+
+    def _report_unread(self, u: _Unread, got: Measured) -> None:
+        if got.nbytes or got.lines:
+            events.log_gap(self.ctx.metrics, self._label, u.reason, got.nbytes, got.lines, exact=got.whole,
+                           since=got.first, until=got.last)
+            log.warning("dockerd compressed %d log file(s) before they were read to their end; compressed files are "
+                        "not read container=%s", len(u.files), self._label)
+
+    def _last_gaps(self) -> None:
+        """The reader ends: settle what waits for the count if it still can, report what waits to be measured."""
+        if self._overruns and self._cur is not None and self._cur.fd >= 0:
+            self._settle()
+        for ov in self._overruns:
+            events.log_gap(self.ctx.metrics, self._label, "rotation_overrun", -1, since=ov.since, until=ov.until)
+        self._overruns.clear()
+        while self._unread:
+            u = self._unread.pop(0)
+            self._report_unread(u, measure_compressed(u.files, u.skip))
 
     def _next_file(self) -> None:
         cur = self._cur
@@ -355,11 +565,26 @@ class JsonFileSource(_Parser, LogSource):
         self._truncated(size)
 
     def _truncated(self, size: int) -> None:
+        """The file was truncated under the reader. dockerd does it with max-file=1 once the file holds max-size
+        bytes or more: read that far, nothing was lost (it writes no more to the old content); else at least
+        the rest to max-size was. (A second truncation before the reader reads again, max-size more written
+        in between, leaves no trace: no file is created, so inotify has nothing to count.) Anyone else's
+        truncation loses what cannot be known: a possible gap."""
         cur = self._cur
         assert cur is not None
-        events.log_gap(self.ctx.metrics, self._label, "truncated", -1)
-        log.warning("log file was truncated under the reader container=%s size=%d offset=%d",
-                    self._label, size, self._offset)
+        max_file, max_size = self._log_limits()
+        until = first_time(cur.fd)
+        if max_file == 1 and max_size:
+            if self._consumed < max_size:
+                events.log_gap(self.ctx.metrics, self._label, "truncated", max_size - self._consumed, 1, exact=False,
+                               until=until)
+            else:
+                log.debug("dockerd truncated the log (max-file=1) after it was read to its end container=%s",
+                          self._label)
+        else:
+            events.log_gap(self.ctx.metrics, self._label, "truncated", -1, until=until)
+            log.warning("log file was truncated under the reader container=%s size=%d offset=%d",
+                        self._label, size, self._offset)
         cur.file_id()  # the old content's identity stays with the old generation
         fresh = _LogFile(cur.fd, cur.dev, cur.ino)
         cur.fd = -1
@@ -372,3 +597,7 @@ class JsonFileSource(_Parser, LogSource):
                     os.close(f.fd)
                 f.fd = -1
         self._queue.clear()
+        for u in self._unread:
+            for g in u.files:
+                g.close()
+        self._unread.clear()

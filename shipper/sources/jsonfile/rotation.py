@@ -9,16 +9,20 @@ recognised, by the checksum of their first line, to tell a gap apart from a file
 gzipped it.
 
 Everything here is a function of the file system: what to make of it (gaps, where to read) is the
-reader's.
+reader's. What a gap's size can be told from: dockerd rotates (or, with max-file=1, truncates) a file only
+once it holds max-size bytes or more (`log_limits`), and every entry carries its time (`first_time`,
+`last_time`); a compressed file can be measured exactly (`measure_compressed`).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import orjson
 
@@ -26,6 +30,9 @@ from shipper.docker.metadata import ContainerInfo
 
 MAX_ROTATED = 10_000  # safety bound on the `.N` names probed
 FINGERPRINT_BYTES = 4096
+MAX_LINE_BYTES = 1024 * 1024  # how far back or ahead an entry's time is looked for
+# the shortest entry dockerd writes: what a lost file holds at least when max-size is not known
+MIN_ENTRY_BYTES = len(b'{"log":"","stream":"stdout","time":"2006-01-02T15:04:05Z"}\n')
 
 
 @dataclass(slots=True)
@@ -90,14 +97,23 @@ def json_log_path(info: ContainerInfo, data_root: str) -> str:
 
 
 def open_newest_first(path: str) -> Iterator[_LogFile]:
-    """Open the live file (if there is one), then `.1`, `.2` ... up to the first missing one."""
+    """Open the live file (if there is one), then `.1`, `.2` ... up to two missing names in a row.
+
+    One missing name is a rotation under way: dockerd renames the oldest first, so the hole moves down
+    while this looks up, and the file that was at the missing name is found at the next.
+    """
     f = _open(path)
     if f is not None:
         yield f
+    missing = 0
     for i in range(1, MAX_ROTATED):
         f = _open(f"{path}.{i}")
         if f is None:
-            return
+            missing += 1
+            if missing == 2:
+                return
+            continue
+        missing = 0
         yield f
 
 
@@ -135,18 +151,146 @@ def open_newer(path: str, last: _LogFile, held: set[tuple[int, int]]) -> tuple[l
     return newer, False
 
 
-def find_compressed(path: str, f: _LogFile) -> int:
-    """N when `f` (open, renamed away) is now `path.N.gz` (dockerd's compress=true), else -1."""
-    fp = f.file_id() and f.fp
-    if not fp:
-        return -1
+def compressed_names(path: str) -> list[str]:
+    """The `.N.gz` files there are, newest first (with compress=true `.1.gz` is missing until dockerd has
+    compressed `.1`)."""
+    names: list[str] = []
+    missing = 0
     for i in range(1, MAX_ROTATED):
         name = f"{path}.{i}.gz"
-        if not os.path.exists(name):
-            return -1
-        if gz_fingerprint(name) == fp:
-            return i
-    return -1
+        if os.path.exists(name):
+            names.append(name)
+            missing = 0
+        else:
+            missing += 1
+            if missing == 2:
+                break
+    return names
+
+
+def compressed_newer(path: str, fp: str, held: set[str]) -> tuple[list[BinaryIO], BinaryIO | None]:
+    """The compressed files newer than the file whose first line has checksum `fp`, opened, newest first,
+    and that file, opened, if it was met among them (else every compressed file is in the list).
+
+    A file whose checksum is in `held` is one held uncompressed (dockerd compressing `.1`): left out, as is
+    one not readable yet. Opened at once, so that a rotation deleting them cannot keep them from being
+    measured.
+    """
+    newer: list[BinaryIO] = []
+    for name in compressed_names(path):
+        g = gz_fingerprint(name)
+        if not g or (g in held and g != fp):
+            continue
+        try:
+            f = open(name, "rb")  # noqa: SIM115  (closed by the reader once measured)
+        except OSError:
+            continue
+        if fp and g == fp:
+            return newer, f
+        newer.append(f)
+    return newer, None
+
+
+def compressed_first_time(f: BinaryIO) -> str:
+    """The time of a compressed log file's first entry; the file is left at its start."""
+    try:
+        with gzip.GzipFile(fileobj=f) as g:
+            head = g.read(FINGERPRINT_BYTES)
+            if b"\n" not in head:
+                head += g.read(MAX_LINE_BYTES)
+    except (OSError, EOFError, zlib.error):
+        head = b""
+    finally:
+        f.seek(0)
+    nl = head.find(b"\n")
+    return entry_time(head[:nl]) if nl >= 0 else ""
+
+
+@dataclass(slots=True)
+class Measured:
+    nbytes: int = 0
+    lines: int = 0
+    first: str = ""  # time of the first entry counted
+    last: str = ""  # time of the last entry counted
+    whole: bool = True  # False: a file could not be read to its end (the counts are what was read)
+
+
+def measure_compressed(files: list[BinaryIO], skip: int = 0) -> Measured:
+    """The uncompressed size, lines and first and last entry times of compressed log files, oldest first,
+    the first counted from byte `skip` on (a checkpoint's position). Closes the files."""
+    out = Measured()
+    tail = b""
+    head: bytes | None = b""  # the start of what is counted, until its first line is whole
+    for i, f in enumerate(files):
+        drop = skip if i == 0 else 0
+        try:
+            with f, gzip.GzipFile(fileobj=f) as g:
+                while True:
+                    chunk = g.read(1024 * 1024)
+                    if not chunk:
+                        break
+                    if drop:
+                        cut = min(drop, len(chunk))
+                        chunk, drop = chunk[cut:], drop - cut
+                        if not chunk:
+                            continue
+                    if head is not None:
+                        head += chunk[:MAX_LINE_BYTES]
+                        nl = head.find(b"\n")
+                        if nl >= 0 or len(head) >= MAX_LINE_BYTES:
+                            out.first, head = entry_time(head[:nl]) if nl >= 0 else "", None
+                    out.nbytes += len(chunk)
+                    out.lines += chunk.count(b"\n")
+                    tail = (tail + chunk)[-MAX_LINE_BYTES:]
+        except (OSError, EOFError, zlib.error, ValueError):  # truncated, damaged, or closed at shutdown
+            out.whole = False
+    lines = tail.rsplit(b"\n", 2)
+    if len(lines) >= 2:
+        out.last = entry_time(lines[-2])
+    return out
+
+
+def entry_time(line: bytes) -> str:
+    """The `time` of a json-file entry, "" when the line is not one."""
+    try:
+        t = orjson.loads(line)["time"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+        return ""
+    return t if isinstance(t, str) else ""
+
+
+def first_time(fd: int) -> str:
+    """The time of a log file's first entry ("" if it has no complete one)."""
+    try:
+        head = os.pread(fd, FINGERPRINT_BYTES, 0)
+        if b"\n" not in head and len(head) == FINGERPRINT_BYTES:
+            head = os.pread(fd, MAX_LINE_BYTES, 0)
+    except OSError:
+        return ""
+    nl = head.find(b"\n")
+    return entry_time(head[:nl]) if nl >= 0 else ""
+
+
+def last_time(fd: int, end: int = -1) -> str:
+    """The time of the last complete entry before byte `end` (the file's size by default)."""
+    try:
+        if end < 0:
+            end = os.fstat(fd).st_size
+        n = FINGERPRINT_BYTES
+        while True:
+            start = max(0, end - n)
+            data = os.pread(fd, end - start, start)
+            nl = data.rfind(b"\n")
+            if nl < 0:
+                return ""
+            prev = data.rfind(b"\n", 0, nl)
+            if prev >= 0 or start == 0:
+                return entry_time(data[prev + 1:nl])
+            if n >= MAX_LINE_BYTES:
+                return ""
+            n *= 16
+    except OSError:
+        return ""
 
 
 def find_resume(chain: list[_LogFile], file_id: str, position: int) -> tuple[int, int, str | None]:
@@ -169,28 +313,25 @@ def find_resume(chain: list[_LogFile], file_id: str, position: int) -> tuple[int
     return 0, 0, "rotated_before_read"
 
 
-def first_read_gap(path: str, files: int) -> tuple[str | None, int]:
-    """Whether a first read finding `files` files may have come too late: (gap reason or None, number of
-    compressed files).
-
-    "compressed_before_read" when dockerd had gzipped some (they are not read), "rotated_before_start"
-    when there are max-file of them (the oldest may have been deleted already).
-    """
-    gz = 0
-    while os.path.exists(f"{path}.{gz + 1}.gz"):
-        gz += 1
-    max_file = _max_file(os.path.join(os.path.dirname(path), "hostconfig.json"))
-    if gz:
-        return "compressed_before_read", gz
-    if max_file >= 2 and files >= max_file:
-        return "rotated_before_start", gz
-    return None, gz
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.IGNORECASE)
 
 
-def _max_file(hostconfig: str) -> int:
-    """The container's max-file from dockerd's hostconfig.json (0 when unknown)."""
-    try:
-        with open(hostconfig, "rb") as f:
-            return int(orjson.loads(f.read())["LogConfig"]["Config"].get("max-file") or 1)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+def parse_size(text: str) -> int:
+    """max-size as dockerd reads it (go-units FromHumanSize: decimal, "64k" is 64,000 bytes); 0 if invalid."""
+    m = _SIZE.match(text.strip())
+    if not m:
         return 0
+    unit = m.group(2)
+    return int(float(m.group(1)) * 1000 ** ("kmgtp".index(unit.lower()) + 1 if unit else 0))
+
+
+def log_limits(path: str) -> tuple[int, int]:
+    """(max-file, max-size in bytes) of the container whose log is `path`, from dockerd's hostconfig.json
+    beside it. max-file is 1 when not set (dockerd's default) and 0 when unknown; max-size 0 when not set
+    or unknown (then dockerd never rotates)."""
+    try:
+        with open(os.path.join(os.path.dirname(path), "hostconfig.json"), "rb") as f:
+            opts = orjson.loads(f.read())["LogConfig"]["Config"]
+        return int(opts.get("max-file") or 1), parse_size(str(opts.get("max-size") or ""))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0, 0

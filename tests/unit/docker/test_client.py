@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from shipper.config import DockerConfig
 from shipper.docker.client import (
+    ClientCertRefused,
     DockerClient,
     build_ssl_context,
+    cert_refused_alert,
     endpoint_from_config,
     format_since,
     negotiate_version,
@@ -36,7 +41,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 @pytest.fixture(autouse=True)
 def _no_docker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
+    for name in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONFIG", "DOCKER_TLS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -78,6 +83,88 @@ def test_tls_from_docker_environment_variables(monkeypatch: pytest.MonkeyPatch, 
     ep = endpoint_from_config(DockerConfig(host="tcp://localhost:2376"))
     assert ep.base_url.startswith("https://") and ep.ssl is not None
     assert len(ep.ssl.get_ca_certs()) == 1
+
+
+def copy_docker_files(certs: Certs, d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for src, name in ((certs.ca, "ca.pem"), (certs.client_cert, "cert.pem"), (certs.client_key, "key.pem")):
+        (d / name).write_bytes(src.read_bytes())
+    return d
+
+
+def test_tls_verify_without_cert_path_looks_in_home_docker_and_fails_closed(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, certs: Certs) -> None:
+    """As the docker CLI: DOCKER_TLS_VERIFY with DOCKER_CERT_PATH unset means ~/.docker/{ca,cert,key}.pem,
+    and a missing one stops there (`open ~/.docker/ca.pem: no such file`), never plain HTTP."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    cfg = DockerConfig(host="tcp://127.0.0.1:2376")
+    assert cfg.resolved_tls() == tuple(f"{tmp_path}/.docker/{n}.pem" for n in ("ca", "cert", "key"))
+    with pytest.raises(ConfigError) as e:
+        endpoint_from_config(cfg)
+    assert e.value.key == "DOCKER_TLS_VERIFY"
+    assert f"open {tmp_path}/.docker/ca.pem: no such file" in e.value.message
+    assert "DOCKER_CERT_PATH is unset" in e.value.message
+    copy_docker_files(certs, tmp_path / ".docker")
+    ep = endpoint_from_config(cfg)
+    assert ep.base_url == "https://127.0.0.1:2376" and ep.ssl is not None
+    assert ep.ssl.verify_mode is ssl.CERT_REQUIRED and ep.client_cert == f"{tmp_path}/.docker/cert.pem"
+    (tmp_path / ".docker" / "key.pem").unlink()  # all three, as the CLI
+    with pytest.raises(ConfigError, match=r"key\.pem: no such file"):
+        endpoint_from_config(cfg)
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError) as e:
+        endpoint_from_config(cfg)
+    assert e.value.key == "DOCKER_CERT_PATH" and f"open {tmp_path}/elsewhere/ca.pem" in e.value.message
+
+
+def test_tls_settings_that_cannot_be_honoured_are_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         certs: Certs) -> None:
+    with pytest.raises(ConfigError) as e:  # the keys, over a unix socket: it would be plain
+        endpoint_from_config(DockerConfig(host="unix:///var/run/docker.sock", tls_ca=str(certs.ca)))
+    assert e.value.key == "docker.tls_ca" and "unix socket" in e.value.message
+    with pytest.raises(ConfigError) as e:
+        endpoint_from_config(DockerConfig(host="tcp://127.0.0.1:2376", tls_ca=str(tmp_path / "no-ca.pem")))
+    assert e.value.key == "docker.tls_ca" and "no such file" in e.value.message
+    with pytest.raises(ConfigError) as e:
+        endpoint_from_config(DockerConfig(host="tcp://127.0.0.1:2376", tls_cert=str(tmp_path / "c.pem"),
+                                          tls_key=str(certs.client_key)))
+    assert e.value.key == "docker.tls_cert"
+    with pytest.raises(ConfigError) as e:  # "don't check the daemon's certificate" of a connection with none
+        endpoint_from_config(DockerConfig(host="tcp://127.0.0.1:2375", tls_verify=False))
+    assert e.value.key == "docker.tls_verify"
+    assert endpoint_from_config(DockerConfig(host="https://127.0.0.1", tls_verify=False)).ssl is not None
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(copy_docker_files(certs, tmp_path / "d")))
+    with pytest.raises(ConfigError) as e:
+        endpoint_from_config(DockerConfig(host="unix:///var/run/docker.sock"))
+    assert e.value.key == "DOCKER_TLS_VERIFY"
+
+
+def test_docker_tls_is_tls_without_checking_the_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       certs: Certs) -> None:
+    """The docker CLI's DOCKER_TLS (--tls): encrypted, the daemon unchecked, a client certificate if any."""
+    monkeypatch.setenv("DOCKER_TLS", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path / "none"))
+    ep = endpoint_from_config(DockerConfig(host="tcp://127.0.0.1"))
+    assert ep.base_url == "https://127.0.0.1:2376" and ep.ssl is not None
+    assert ep.ssl.verify_mode is ssl.CERT_NONE and ep.client_cert == ""
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(copy_docker_files(certs, tmp_path / "d")))
+    assert endpoint_from_config(DockerConfig(host="tcp://127.0.0.1")).client_cert == f"{tmp_path}/d/cert.pem"
+
+
+def test_alerts_refusing_our_certificate_are_recognised_through_aiohttp() -> None:
+    """What dockerd (Go) answers a client certificate it does not accept, as aiohttp raises it; a daemon
+    certificate that *we* refuse is not among them."""
+    for text in ("[SSL: SSLV3_ALERT_BAD_CERTIFICATE] sslv3 alert bad certificate (_ssl.c:2580)",
+                 "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required (_ssl.c:2580)",
+                 "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:1006)"):
+        wrapped = aiohttp.ClientOSError(1, text)
+        wrapped.__cause__ = ssl.SSLError(1, text)
+        assert cert_refused_alert(wrapped), text
+    assert not cert_refused_alert(ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] x"))
+    assert not cert_refused_alert(aiohttp.ClientOSError(104, "Connection reset by peer"))
+    assert issubclass(ClientCertRefused, DockerUnavailable)  # still retried
 
 
 def test_tls_verify_off_disables_checks(certs: Certs) -> None:
@@ -167,6 +254,12 @@ async def canned(tmp_path: Path) -> AsyncIterator[Canned]:
     async def logs(req: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         await resp.prepare(req)
+        if req.match_info["id"] == "endless":  # a quiet running container: a frame now and then
+            with contextlib.suppress(ConnectionError):  # until the client goes away
+                for _ in range(400):
+                    await resp.write(b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n")
+                    await asyncio.sleep(0.05)
+            return resp
         await resp.write(b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n" * 1000)
         await resp.write_eof()
         return resp
@@ -221,3 +314,25 @@ async def test_logs_are_raw_chunks(canned: Canned) -> None:
     chunks = [c async for c in client.logs("x", follow=False, chunk_bytes=4096)]
     assert b"".join(chunks) == b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n" * 1000
     assert max(len(c) for c in chunks) <= 4096
+
+
+async def test_closing_the_client_ends_its_open_streams(canned: Canned) -> None:
+    """Closing an aiohttp session does not wake a reader waiting on a streaming response: it would wait
+    forever. The client ends its open streams itself, so an API reader reconnects (with the app's new
+    client) instead of hanging on the old one."""
+    client, _, _ = canned
+    stream = await client.open_logs("endless", follow=True)
+    got: list[bytes] = []
+
+    async def read() -> None:
+        async for chunk in stream:
+            got.append(chunk)
+
+    reader = asyncio.create_task(read())
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep(0.01)
+    await client.close()
+    with pytest.raises(DockerUnavailable, match="client was closed"):
+        await asyncio.wait_for(reader, 5)

@@ -19,6 +19,7 @@ from typing import Any, cast
 import pytest
 
 from shipper.config import Config, DockerConfig, HostConfig, SelectConfig
+from shipper.docker import discovery
 from shipper.docker.client import DockerClient, since_from_ns
 from shipper.docker.discovery import ApiDiscovery, Change, FileDiscovery
 from shipper.errors import ContainerGone, DockerError, DockerUnavailable
@@ -176,22 +177,29 @@ async def test_start_is_yielded_before_inspect_answers_then_refined(fake: FakeCl
     meta = start.info.meta
     assert (meta.name, meta.image, meta.labels) == ("short", IMAGE, {"l": "v"})
     assert start.info.running and start.info.meta.env == {} and start.info.tty is False
+    assert start.info.guessed  # driver, path and TTY are assumed: no reader may be built on it
     await col.nothing(0.1)
     fake.release.set()
     (update,) = await col.take()
     assert update.kind == "update" and update.info is not None
-    assert update.info.tty is True and update.info.meta.env == {"APP_MODE": "x"}
+    assert update.info.tty is True and update.info.meta.env == {"APP_MODE": "x"} and not update.info.guessed
     assert update.info.meta.name == "short" and update.info.running
     await col.stop()
 
 
-async def test_inspect_that_adds_nothing_yields_no_update(fake: FakeClient) -> None:
+async def test_inspect_that_confirms_a_guess_still_says_so_once(fake: FakeClient) -> None:
+    """The start from the event alone is a guess (json-file, no TTY); the inspect that confirms it comes as
+    one update, so a consumer waiting for it to build a reader is not left waiting."""
     disc = api(fake)
     col = Collector(disc)
     await asyncio.wait_for(disc.synced.wait(), 5)
     fake.add(inspect_doc(5, "plain", labels={"l": "v"}))
     fake.stream.push(event("start", 5, "plain", 1, l="v"))
-    assert kinds(await col.take()) == [("start", "plain")]
+    (start,) = await col.take()
+    assert kinds([start]) == [("start", "plain")] and start.info is not None and start.info.guessed
+    (update,) = await col.take()
+    assert update.kind == "update" and update.info is not None and not update.info.guessed
+    assert (update.info.log_driver, update.info.tty) == ("json-file", False)
     await col.nothing()
     assert cid(5) in fake.inspected
     fake.stream.push(event("die", 5, "plain", 2, exitCode="0"))
@@ -231,7 +239,7 @@ async def test_reconnect_resumes_from_the_last_event_and_resyncs(fake: FakeClien
     t = 2_000_000_000_123_456_789
     fake.add(inspect_doc(3, "c"))
     fake.stream.push(event("start", 3, "c", t))
-    assert kinds(await col.take()) == [("start", "c")]
+    assert kinds(await col.take(2)) == [("start", "c"), ("update", "c")]  # the guess, then its inspect
     # dockerd goes away; meanwhile b is removed, f is started and g lives and dies entirely
     del fake.containers[cid(2)]
     fake.add(inspect_doc(6, "f"))
@@ -263,8 +271,11 @@ async def test_unreachable_daemon_is_retried_without_raising(fake: FakeClient,
     assert kinds(await col.take(timeout=10)) == [("start", "web")]
     assert len(fake.since) == 5  # three refused, one failed listing, then success
     assert metrics.get("shipper_docker_reconnects_total") == 1
-    lost = [r for r in caplog.records if "Docker API lost" in r.message]
+    # never connected before: "unreachable", not "lost"
+    lost = [r for r in caplog.records if "Docker API unreachable, will retry" in r.message]
     assert len(lost) == 4 and lost[0].levelno == logging.WARNING and lost[1].levelno == logging.DEBUG
+    assert not [r for r in caplog.records if "Docker API lost" in r.message]
+    assert disc.state == "connected" and metrics.get("shipper_docker_api_state") == 0
     await col.stop()
 
 
@@ -317,6 +328,39 @@ async def test_events_of_unexpected_shape_are_skipped(fake: FakeClient,
     assert sum("unexpected shape" in r.message for r in caplog.records) == 1
     assert len(fake.streams) == 1  # no reconnect for a bad event
     await col.stop()
+
+
+async def test_event_queue_is_bounded_and_a_full_one_resyncs(fake: FakeClient, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """While the consumer is busy the reader of /events fills a bounded queue, then waits (it stops reading
+    the stream); having waited, it ends the session so that a new subscription and listing catch up with
+    whatever dockerd dropped meanwhile. Nothing is lost and nothing grows."""
+    monkeypatch.setattr(discovery, "EVENT_QUEUE_MAX", 4, raising=False)
+    metrics = Metrics()
+    disc = api(fake, metrics)
+    changes = disc.changes()
+    first = asyncio.create_task(anext(changes))  # runs the session until it waits for an event
+    await asyncio.wait_for(disc.synced.wait(), 5)
+    stream = fake.stream
+    for n in range(1, 21):
+        fake.add(inspect_doc(n, f"c{n}"))
+        stream.push(event("start", n, f"c{n}", n))
+    got = [await asyncio.wait_for(first, 5)]  # the consumer takes one change, then is busy elsewhere
+    await asyncio.sleep(0.3)
+    assert stream.queue.qsize() > 0, "the reader of /events did not wait: the queue is not bounded"
+    assert disc.backlog <= 4
+    assert metrics.get("shipper_docker_event_queue_full_total") == 1
+    while not {cid(n) for n in range(1, 21)} <= {c.id for c in got if c.kind == "start"}:
+        got.append(await asyncio.wait_for(anext(changes), 5))
+    more = asyncio.create_task(anext(changes))  # lets the session finish its resync
+    await asyncio.wait_for(disc.synced.wait(), 5)
+    more.cancel()
+    await asyncio.gather(more, return_exceptions=True)
+    assert len(fake.streams) == 2  # resubscribed once
+    assert not [c for c in got if c.kind == "remove"]
+    assert metrics.get("shipper_docker_reconnects_total") == 1
+    assert sum("Docker event queue full" in r.message for r in caplog.records) == 1
+    await changes.aclose()
 
 
 # --- FileDiscovery ----------------------------------------------------------------------------------------

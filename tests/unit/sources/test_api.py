@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from shipper.config import Config, MultilineConfig, MultilineMode
+from shipper.config import Config, DockerConfig, MultilineConfig, MultilineMode
 from shipper.docker.client import DockerClient, Endpoint
 from shipper.docker.metadata import ContainerInfo
 from shipper.event import Batch, Checkpoint, ContainerMeta
@@ -83,16 +88,19 @@ def test_timestamps_and_positions() -> None:
         T0, format_position(T0, 2), format_position(T0, 10), T1]
 
 
-def make_source(resume: Checkpoint | None = None) -> tuple[ApiSource, list[Batch], Metrics]:
-    cfg = Config(multiline=MultilineConfig(mode=MultilineMode.OFF))
+def make_source(resume: Checkpoint | None = None, *, client: DockerClient | None = None,
+                info: ContainerInfo | None = None, docker: DockerConfig | None = None,
+                ) -> tuple[ApiSource, list[Batch], Metrics]:
+    cfg = Config(multiline=MultilineConfig(mode=MultilineMode.OFF), docker=docker or DockerConfig())
     batches: list[Batch] = []
     m = Metrics()
 
     async def emit(b: Batch) -> None:
         batches.append(b)
 
-    client = DockerClient(Endpoint("http://docker", unix_path="/nonexistent.sock"))  # never called here
-    info = ContainerInfo(ContainerMeta("c" * 64, "web"))
+    # by default never called: nothing listens on that socket
+    client = client or DockerClient(Endpoint("http://docker", unix_path="/nonexistent.sock"))
+    info = info or ContainerInfo(ContainerMeta("c" * 64, "web"))
     return ApiSource(info, SourceContext(cfg, m, emit), resume, client), batches, m
 
 
@@ -158,3 +166,106 @@ async def test_invalid_utf8_in_a_frame_is_counted_and_skipped() -> None:
     await src._emit()
     assert [msg for _, msg, _ in messages(batches)] == ["ok", "ok2"]
     assert m.get("shipper_lines_invalid_total", container="web", reason="invalid_utf8") == 1
+
+
+async def test_a_reader_that_keeps_failing_says_so_at_every_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """Every failure is counted per container and logged with its backoff, not only attempts 1, 10, 20."""
+    caplog.set_level(logging.DEBUG)
+    src, _, m = make_source(docker=DockerConfig(reconnect_max_secs=0.1, poll_interval_secs=0.05))
+    task = asyncio.create_task(src.run())
+    for _ in range(200):
+        if m.get("shipper_reader_failures_total", container="web") >= 5:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    failures = m.get("shipper_reader_failures_total", container="web")
+    said = [r for r in caplog.records if "log reader failed" in r.getMessage()]
+    assert failures >= 5 and len(said) == failures
+    assert all(r.levelno == logging.WARNING and "retry_in=" in r.getMessage() for r in said)
+
+
+TTY_LOG = f"{T0} one\r\n{T1} two\r\n".encode()
+
+
+@pytest.fixture
+async def tty_daemon(tmp_path: Path) -> AsyncIterator[DockerClient]:
+    """A stand-in dockerd for one exited TTY container, whose logs endpoint sends raw terminal output with no
+    Content-Type naming it (as dockerd 20.10 does): only Config.Tty from inspect says it is raw."""
+
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response({"ApiVersion": "1.41", "MinAPIVersion": "1.12"})
+
+    async def inspect(_: web.Request) -> web.Response:
+        return web.json_response({"Id": "c" * 64, "Config": {"Tty": True},
+                                  "State": {"Running": False, "Restarting": False}})
+
+    async def logs(req: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "application/octet-stream"
+        await resp.prepare(req)
+        await resp.write(TTY_LOG)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1.41/containers/{id}/json", inspect)
+    app.router.add_get("/v1.41/containers/{id}/logs", logs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "d.sock")).start()
+    client = DockerClient(Endpoint("http://docker", unix_path=str(tmp_path / "d.sock")))
+    yield client
+    await client.close()
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("guessed", [True, False], ids=["guessed", "wrong"])
+async def test_tty_is_taken_from_the_containers_config(tty_daemon: DockerClient, guessed: bool) -> None:
+    """A reader built from a guess asks inspect before connecting; one built on a wrong TTY flag finds out
+    from the broken stream and asks then. Either way every line arrives, once."""
+    info = ContainerInfo(ContainerMeta("c" * 64, "web"), tty=False, guessed=guessed)
+    src, batches, m = make_source(client=tty_daemon, info=info,
+                                  docker=DockerConfig(reconnect_max_secs=0.1, poll_interval_secs=0.05))
+    task = asyncio.create_task(src.run())
+    try:
+        for _ in range(300):
+            if len(messages(batches)) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [msg for _, msg, _ in messages(batches)] == ["one", "two"]
+        assert m.get("shipper_reader_failures_total") == (0 if guessed else 1)
+        assert src.info.tty and not src.info.guessed
+    finally:
+        src.removed()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_start_seen_while_stopped_streams_again_even_if_it_stopped_already(
+        tty_daemon: DockerClient) -> None:
+    """A container that ran again so briefly that it had exited before the reader asked whether it runs: the
+    start event alone must make the reader stream again (its logs since the last position are there)."""
+    global TTY_LOG
+    info = ContainerInfo(ContainerMeta("c" * 64, "web"), tty=True)
+    src, batches, _ = make_source(client=tty_daemon, info=info,
+                                  docker=DockerConfig(reconnect_max_secs=5.0, poll_interval_secs=2.0))
+    task = asyncio.create_task(src.run())
+    first = TTY_LOG
+    try:
+        for _ in range(300):
+            if len(messages(batches)) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # waiting for a restart now
+        TTY_LOG = first + f"{T2} three\r\n".encode()  # the second run, over before anyone looked
+        src.started()
+        for _ in range(100):
+            if len(messages(batches)) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert [msg for _, msg, _ in messages(batches)] == ["one", "two", "three"]
+    finally:
+        TTY_LOG = first
+        src.removed()
+        await asyncio.wait_for(task, 5)

@@ -135,8 +135,8 @@ class MultilineConfig:
                 raise ConfigError(f"{key}.start_pattern", "is required when mode = 'pattern'")
             try:
                 re.compile(self.start_pattern)
-            except re.error as e:
-                raise ConfigError(f"{key}.start_pattern", f"not a valid regex: {e}") from None
+            except (re.error, OverflowError, RecursionError, ValueError) as e:  # not all are re.error
+                raise ConfigError(f"{key}.start_pattern", f"not a valid regex: {type(e).__name__}: {e}") from None
 
 
 class JsonMode(enum.Enum):

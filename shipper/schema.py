@@ -112,7 +112,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(key, f"number too large: {str(value)[:40]}...") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
@@ -154,7 +157,10 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(text)
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"not a size: {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not size < 2**63:
+        raise ValueError(f"size too large: {text[:40]!r}")
+    return int(size)
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -23,8 +23,6 @@ def test_only_config_errors_naming_a_key(tree: dict[str, Any], env: dict[str, st
     ({"input": {"max_event_bytes": "1" + "0" * 400}}, "input.max_event_bytes"),
     ({"docker": {"poll_interval_secs": 10**400}}, "docker.poll_interval_secs"),
 ])
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG config-number-overflow: "
-                   + props.KNOWN_BUGS["config-number-overflow"])
 def test_bug_number_overflow_is_a_config_error(tree: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_dict(tree, env={})
@@ -32,7 +30,6 @@ def test_bug_number_overflow_is_a_config_error(tree: dict[str, Any], key: str) -
 
 
 @pytest.mark.parametrize("pattern", ["a{99999999999}", "(" * 1100])
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG config-regex-crash: " + props.KNOWN_BUGS["config-regex-crash"])
 def test_bug_bad_regex_is_a_config_error(pattern: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_dict({"multiline": {"mode": "pattern", "start_pattern": pattern}}, env={})

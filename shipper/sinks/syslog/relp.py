@@ -355,6 +355,13 @@ async def connect_relp(address: Address, timeout: float, tls: ssl.SSLContext | N
         except TimeoutError:
             raise TimeoutError(errno.ETIMEDOUT, f"{address}: no answer to the RELP open within {timeout:g}s "
                                                 "(no RELP receiver?)") from None
+        except (ConnectionError, ssl.SSLError, EOFError) as e:
+            if ssl_arg is None:
+                raise
+            # TLS 1.3: the receiver checks our certificate after our handshake is over, and refuses it by
+            # closing the connection under the open (a broken pipe, a reset or an alert, as timing has it)
+            raise ConnectionResetError(errno.ECONNRESET, f"closed during the RELP open over TLS (client "
+                                                         f"certificate missing or refused?): {e!r}") from e
     except BaseException:
         writer.close()
         raise

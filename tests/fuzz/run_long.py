@@ -353,7 +353,7 @@ def worker_hypothesis(target: str, seconds: float, tally: Tally) -> None:
         "docker_inspect": st.tuples(strategies.INSPECT_DOC), "docker_frames": strategies.frame_chunks(),
     }[target]
 
-    @settings(max_examples=2000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(strat)
     def body(args: tuple[Any, ...]) -> None:
         tally.runs += 1

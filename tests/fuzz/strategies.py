@@ -22,7 +22,7 @@ from tests.fuzz.props import SyslogCase
 
 # Examples per test, times each test's weight. The default keeps the whole tests/fuzz suite at about two
 # minutes on a busy 2-core CI machine; the long run (run_long.py) sets its own.
-EXAMPLES = int(os.environ.get("SHIPPER_FUZZ_EXAMPLES", "400"))
+EXAMPLES = int(os.environ.get("SHIPPER_FUZZ_EXAMPLES", "1600"))
 
 
 def budget(weight: float = 1.0) -> settings:

@@ -46,7 +46,16 @@ from typing import Any, Literal
 from shipper.backoff import Backoff
 from shipper.config import Config, Discovery
 from shipper.docker.client import ClientCertRefused, DockerClient, EventStream, since_from_ns
-from shipper.docker.metadata import ContainerInfo, info_from_config_files, info_from_event, info_from_inspect
+from shipper.docker.metadata import (
+    ContainerInfo,
+    Problems,
+    describe_problems,
+    event_attributes,
+    event_ns,
+    info_from_config_files,
+    info_from_event,
+    info_from_inspect,
+)
 from shipper.errors import ContainerGone, DockerError, DockerUnavailable
 from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
@@ -156,6 +165,7 @@ class ApiDiscovery(ContainerDiscovery):
         self._created = _Bounded()  # id -> ContainerInfo inspected at `create`, before `start`
         self._since: int | None = None  # ns; where a new subscription resumes
         self._warned_event = False
+        self._said_fields: set[str] = set()  # fields of events said left out (logged once per field)
         self._waiting_inspect: set[str] = set()  # ids with an inspect queued but not started: never twice
         self._queue: asyncio.Queue[tuple[str, Any]] | None = None
         self._connected_once = False
@@ -299,13 +309,22 @@ class ApiDiscovery(ContainerDiscovery):
                 d = await self._client.inspect(cid)
             except ContainerGone:
                 return None
+        problems: Problems = []
         try:
-            return info_from_inspect(d, self._host, self._allow, self._data_root)
+            info = info_from_inspect(d, self._host, self._allow, self._data_root, problems)
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             self._metrics.inc(CONFIG_INVALID)
             log.warning("skipped an inspect answer of unexpected shape id=%s error=%r (counted in %s)",
                         cid[:12], e, CONFIG_INVALID)
             return None
+        if problems:  # fields of the wrong type, dropped: the rest is used
+            self._metrics.inc(CONFIG_INVALID)
+            fields = {field for field, _ in problems}
+            if not fields <= self._said_fields:
+                self._said_fields |= fields
+                log.warning("dropped inspect fields of the wrong type id=%s problems=%s (counted in %s; logged "
+                            "once per field)", cid[:12], problems, CONFIG_INVALID)
+        return info
 
     async def _inspect_later(self, cid: str, queue: asyncio.Queue[tuple[str, Any]]) -> None:
         """Inspect after an event; retried, since a container started from its event alone is not read until
@@ -327,27 +346,43 @@ class ApiDiscovery(ContainerDiscovery):
             await queue.put(("inspected", info))
 
     def _on_event_safe(self, ev: dict[str, Any]) -> tuple[list[Change], str]:
+        """No single event can stop discovery: one that cannot be read is skipped, one with a field of the
+        wrong type (or a time that cannot be one) is used without it; either way counted once in
+        shipper_docker_events_invalid_total."""
+        problems: Problems = []
         try:
-            return self._on_event(ev)
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            out = self._on_event(ev, problems)
+        except Exception as e:  # whatever one event breaks, the next ones are handled
             self._metrics.inc(EVENTS_INVALID)
             if not self._warned_event:
                 self._warned_event = True
+                shape = isinstance(e, (AttributeError, KeyError, TypeError, ValueError))
                 log.warning("skipped a Docker event of unexpected shape error=%r sample=%.200r "
-                            "(counted in %s; logged once)", e, ev, EVENTS_INVALID)
+                            "(counted in %s; logged once)", e, ev, EVENTS_INVALID, exc_info=not shape)
             return [], ""
+        if problems:
+            self._metrics.inc(EVENTS_INVALID)
+            fields = {field for field, _ in problems}
+            if not fields <= self._said_fields:
+                self._said_fields |= fields
+                log.warning("used a Docker event without its values of the wrong type dropped=%s sample=%.200r "
+                            "(counted in %s; logged once per field)", describe_problems(problems), ev, EVENTS_INVALID)
+        return out
 
-    def _on_event(self, ev: dict[str, Any]) -> tuple[list[Change], str]:
-        """The changes an event implies now, and the id to inspect afterwards ("" for none)."""
+    def _on_event(self, ev: dict[str, Any], problems: Problems) -> tuple[list[Change], str]:
+        """The changes an event implies now, and the id to inspect afterwards ("" for none). Values left
+        out for their type are added to `problems`."""
         actor = ev.get("Actor") or {}
         if not isinstance(actor, dict):
             raise TypeError(f"Actor is a {type(actor).__name__}")
         cid = actor.get("ID") or ev.get("id")
         action = ev.get("Action") or ev.get("status")
-        if not isinstance(cid, str) or not cid or ev.get("Type", "container") != "container":
+        if not cid or ev.get("Type", "container") != "container":
             return [], ""
-        ns = ev.get("timeNano")
-        if isinstance(ns, int) and ns > (self._since or 0):
+        if not isinstance(cid, str):
+            raise TypeError(f"the container id is a {type(cid).__name__}")
+        ns = event_ns(ev, problems)  # a time that cannot be one never moves where a resubscription resumes
+        if ns is not None and ns > (self._since or 0):
             self._since = ns
         known = self._tracker.known
         if cid in self._tracker.removed:
@@ -359,7 +394,7 @@ class ApiDiscovery(ContainerDiscovery):
             if old is not None and old.running:
                 return [], ""  # already reported: the listing and the subscription overlap
             base = self._created.pop(cid, None) or old
-            info = info_from_event(ev, self._host, self._data_root, base)
+            info = info_from_event(ev, self._host, self._data_root, base, problems)
             known[cid] = info
             return [Change("start", cid, info)], cid
         if action == "die":
@@ -372,7 +407,7 @@ class ApiDiscovery(ContainerDiscovery):
             self._created.pop(cid, None)
             return self._tracker.gone(cid), ""
         if action == "rename":
-            name = str((actor.get("Attributes") or {}).get("name") or "").lstrip("/")
+            name = event_attributes(actor, problems).get("name", "").lstrip("/")
             if old is None:
                 pending = self._created.get(cid)
                 if pending is not None and name:

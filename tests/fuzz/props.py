@@ -61,26 +61,6 @@ from shipper.transforms.assemble import LineAssembler, utf8_len
 # --- the bugs found, tolerated by the properties until fixed ----------------------------------------------
 
 KNOWN_BUGS: dict[str, str] = {
-    "jsonfile-wrong-types": (
-        "shipper/sources/jsonfile/parse.py _Parser._parse: the fast path hands d['time'], d['stream'], "
-        "d['log'] to the assembler without checking they are strings; a non-string that does not make "
-        "LineAssembler.add raise is neither counted (wrong_type) nor refused: 'time': 5 or 'stream': 5 "
-        "become an Event with an int timestamp/stream, 'log': 0/false/null/[] is dropped silently"),
-    "config-number-overflow": (
-        "shipper/schema.py _convert / parse_size: an integer too large for a float (TOML allows it) in a "
-        "float key, or a size string such as '1' + 400 zeros, raises OverflowError instead of ConfigError"),
-    "config-regex-crash": (
-        "shipper/config.py MultilineConfig.validate: re.compile raises OverflowError ('a{99999999999}') or "
-        "RecursionError (1000 nested groups), which are not re.error, so no ConfigError names the key"),
-    "docker-event-time-overflow": (
-        "shipper/docker/metadata.py event_time (from ApiDiscovery._on_event via info_from_event): a 'start' "
-        "event whose 'time' (seconds, used when timeNano is absent) is beyond what time.gmtime takes raises "
-        "OSError (EOVERFLOW, e.g. 10**17 or -10**17) or OverflowError (1e300), which _on_event_safe does "
-        "not catch (nor ApiDiscovery.changes): the discovery iterator dies"),
-    "docker-untyped-fields": (
-        "shipper/docker/metadata.py info_from_event / _from_parts: non-string values from Docker JSON "
-        "(label values, 'from'/Image, Id, Created, StartedAt, LogPath, Env given as a string) are copied "
-        "into ContainerMeta/ContainerInfo unchecked, neither refused nor counted"),
     "syslog-invalid-timestamp": (
         "shipper/sinks/syslog/encode.py utc_parts: a 'Z' time is cut into fields without checking it is a "
         "real date, so month 13, hour 99 or (via an offset) year 10000 reach the RFC 5424 TIMESTAMP "
@@ -94,6 +74,15 @@ KNOWN_BUGS: dict[str, str] = {
         "segments (a sealed segment cut at a record boundary, or a whole segment file gone) are not "
         "counted in shipper_spool_corrupt_records_total; the cursor acks the seq gap silently"),
 }
+
+
+NOT_BUGS = {"spool-open-refused"}  # outcomes a property notes that are documented behaviour
+
+
+def only_open_bugs(hits: set[str]) -> None:
+    """Fail when an input hit a bug that is no longer listed as open (fixed bugs must stay fixed)."""
+    fixed = hits - set(KNOWN_BUGS) - NOT_BUGS
+    assert not fixed, f"inputs hit bugs that were fixed: {sorted(fixed)}"
 
 
 def _frames(exc: BaseException) -> list[str]:
@@ -855,7 +844,7 @@ def check_inspect(doc: Any) -> set[str]:
     if info is None:
         assert m.get(CONFIG_INVALID) == 1, "an unreadable inspect answer was not counted"
     else:
-        assert m.get(CONFIG_INVALID) == 0
+        assert m.get(CONFIG_INVALID) <= 1  # 1: fields of the wrong type were dropped, the rest used
         if not _typed_info(info):
             hits.add("docker-untyped-fields")
     d = _container_dir()

@@ -21,13 +21,13 @@ from tests.fuzz.strategies import RECORD_PAYLOAD, SPOOL_OPS, budget
 @budget(0.5)
 @given(SPOOL_OPS, st.booleans())
 def test_open_recovers_and_counts_damage(ops: list[props.SpoolOp], compression: bool) -> None:
-    props.check_spool_open(ops, compression)
+    props.only_open_bugs(props.check_spool_open(ops, compression))
 
 
 @budget(1.0)
 @given(RECORD_PAYLOAD, st.booleans(), st.integers(0, 2**64 - 1))
 def test_record_decodes_or_is_spool_corrupt(payload: bytes, compress: bool, seq: int) -> None:
-    props.check_record(payload, compress, seq)
+    props.only_open_bugs(props.check_record(payload, compress, seq))
 
 
 @st.composite
@@ -55,7 +55,7 @@ def damaged_segment(draw: st.DrawFn) -> tuple[bytes, int]:
 @budget(1.0)
 @given(st.one_of(damaged_segment(), st.tuples(st.binary(max_size=300), st.integers(0, 5))))
 def test_scan_accounts_for_every_byte(case: tuple[bytes, int]) -> None:
-    props.check_scan(*case)
+    props.only_open_bugs(props.check_scan(*case))
 
 
 def _open_and_read(directory: Path) -> tuple[set[int], float]:

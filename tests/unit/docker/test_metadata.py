@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from shipper.config import Config, HostConfig
+from shipper.docker import discovery, metadata
+from shipper.docker.client import DockerClient
+from shipper.docker.discovery import EVENTS_INVALID, ApiDiscovery
 from shipper.docker.metadata import (
     ContainerInfo,
+    Problems,
     default_log_path,
+    event_ns,
+    event_time,
     filter_env,
     info_from_config_files,
     info_from_event,
     info_from_inspect,
     info_from_list,
 )
+from shipper.telemetry.metrics import Metrics
 
 CID = "e9f14d47885a700a4bf149886dd579b3808d6e8ebfc4764f4d3fa23817cc98c8"
 LOG = f"/var/lib/docker/containers/{CID}/{CID}-json.log"
@@ -220,3 +229,196 @@ def test_own_container_id_from_cgroup_v1_and_mountinfo(tmp_path) -> None:  # typ
     empty.write_text("0::/\n")
     assert own_container_id(str(empty), str(v2)) == cid
     assert own_container_id(str(empty), str(empty)) is None
+
+
+# --- Docker JSON of the wrong type: a field left out and said, the record used; an id refused ----------
+
+
+@pytest.fixture
+def fresh_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    """metadata logs each dropped field once per process: start from none said."""
+    monkeypatch.setattr(metadata, "_said", set())
+
+
+@pytest.mark.parametrize("when", [{"time": 10**17}, {"time": -(10**17)}, {"time": 1e300}, {"time": float("nan")},
+                                  {"time": float("inf")}, {"time": "1795730082"}, {"time": True},
+                                  {"timeNano": 10**30}, {"timeNano": -1}, {"timeNano": 1.5e18},
+                                  {"timeNano": [1]}])
+def test_an_event_time_that_cannot_be_a_time_is_left_out_and_said(when: dict[str, Any]) -> None:
+    problems: Problems = []
+    assert event_ns(when, problems) is None
+    assert event_time(when) == ""
+    assert [field for field, _ in problems] == list(when)
+
+
+def test_a_bad_time_nano_falls_back_to_the_seconds() -> None:
+    problems: Problems = []
+    assert event_time({"timeNano": 10**30, "time": 1795730082}, problems) == "2026-11-26T21:54:42.000000000Z"
+    assert problems == [("timeNano", "1000000000000000000000000000000 is out of range (1970 to 9999)")]
+    assert event_time({"time": 253_402_300_799}) == "9999-12-31T23:59:59.000000000Z"  # the last one written
+    assert event_time({"timeNano": 0}) == "1970-01-01T00:00:00.000000000Z"
+    assert event_time({}) == ""
+
+
+def test_start_event_with_an_impossible_time_is_used_without_it(fresh_said: None,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    ev = copy.deepcopy(START_EVENT)
+    del ev["timeNano"]
+    ev["time"] = 10**17
+    info = info_from_event(ev, "h")
+    assert info.meta.name == "probe-rm" and info.running and info.guessed
+    assert info.created == info.started_at == ""
+    info_from_event(ev, "h")
+    said = [r for r in caplog.records if "wrong type" in r.message]
+    assert len(said) == 1 and "time: 100000000000000000 is out of range" in said[0].getMessage()
+
+
+def test_event_fields_of_the_wrong_type_are_left_out_and_listed() -> None:
+    ev = {"Action": "start", "from": 5, "time": 1795730082,
+          "Actor": {"ID": CID, "Attributes": {"name": "x", "tier": 1, "ok": "yes", "image": None}}}
+    problems: Problems = []
+    info = info_from_event(ev, "h", problems=problems)
+    assert (info.meta.name, info.meta.image, info.meta.labels) == ("x", "", {"ok": "yes"})
+    assert info.created == "2026-11-26T21:54:42.000000000Z"
+    assert sorted(field for field, _ in problems) == ["Actor.Attributes", "Actor.Attributes", "from"]
+    assert ("Actor.Attributes", "'tier' is a int, not a string") in problems
+
+
+@pytest.mark.parametrize("actor", [{"ID": 5}, {"ID": ""}, {}])
+def test_an_event_without_a_string_id_is_refused(actor: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"Actor\.ID"):
+        info_from_event({"Action": "start", "Actor": actor}, "h")
+
+
+def _untyped_inspect() -> dict[str, Any]:
+    d = copy.deepcopy(INSPECT)
+    d["Created"] = 5
+    d["LogPath"] = 5
+    d["Name"] = ["/x"]
+    d["State"]["StartedAt"] = 1795730082
+    d["Config"]["Env"] = "FOO=bar"
+    d["Config"]["Image"] = {"name": "x"}
+    d["Config"]["Labels"]["tier"] = 1
+    d["HostConfig"]["LogConfig"]["Type"] = 7
+    return d
+
+
+def _assert_untyped_dropped(info: ContainerInfo, problems: Problems, log_path: str) -> None:
+    assert info.meta.id == CID
+    assert info.meta.name == ""
+    assert info.meta.image == INSPECT["Image"]  # the top-level one, when Config.Image cannot be used
+    assert info.meta.labels == {"shipper.test": "1", "com.docker.compose.project": "shop"}
+    assert info.meta.env == {}
+    assert info.created == info.started_at == ""
+    assert info.log_driver == "json-file"  # as if absent: Docker's default
+    assert info.log_path == log_path
+    assert info.running is True
+    assert sorted(field for field, _ in problems) == [
+        "Config.Env", "Config.Image", "Config.Labels", "Created", "HostConfig.LogConfig.Type", "LogPath", "Name",
+        "State.StartedAt"]
+
+
+def test_inspect_fields_of_the_wrong_type_are_left_out_and_listed() -> None:
+    problems: Problems = []
+    info = info_from_inspect(_untyped_inspect(), "h", ["FOO"], problems=problems)
+    _assert_untyped_dropped(info, problems, LOG)
+
+
+def test_config_file_fields_of_the_wrong_type_are_left_out_and_listed(tmp_path: Path) -> None:
+    d = _untyped_inspect()
+    cfg = {**_config_v2(), **{k: d[k] for k in ("Created", "LogPath", "Name", "Config")}}
+    cfg["State"]["StartedAt"] = 1795730082
+    problems: Problems = []
+    info = info_from_config_files(_write(tmp_path / "containers" / CID, cfg, d["HostConfig"]), "h", ["FOO"],
+                                  problems=problems)
+    _assert_untyped_dropped(info, problems, str(tmp_path / "containers" / CID / f"{CID}-json.log"))
+
+
+def test_without_a_problems_list_dropped_fields_are_logged_once_per_field(
+        fresh_said: None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "shipper.docker")
+    for _ in range(3):
+        info_from_inspect(_untyped_inspect(), "h", ["FOO"])
+    said = [r.getMessage() for r in caplog.records if "wrong type" in r.message]
+    assert len(said) == 1
+    assert "inspect answer" in said[0] and "'tier' is a int, not a string" in said[0]
+
+
+def test_env_is_not_read_unless_an_allowlist_asks_for_it() -> None:
+    d = copy.deepcopy(INSPECT)
+    d["Config"]["Env"] = "FOO=bar"
+    problems: Problems = []
+    assert info_from_inspect(d, "h", [], problems=problems).meta.env == {}
+    assert problems == []
+    d["Config"]["Env"] = ["FOO=bar", 5, None]
+    assert info_from_inspect(d, "h", ["FOO"], problems=problems).meta.env == {"FOO": "bar"}
+    assert problems == [("Config.Env", "2 items that are not strings")]
+
+
+@pytest.mark.parametrize("doc", [{"Id": 5}, {"Id": ""}, {"Id": ["c" * 64]}, {}, [], "x",
+                                 {"Id": CID, "Config": "oops"}, {"Id": CID, "HostConfig": {"LogConfig": [1]}}])
+def test_an_inspect_answer_without_a_string_id_or_with_a_section_not_an_object_is_refused(doc: Any) -> None:
+    with pytest.raises(ValueError):
+        info_from_inspect(doc, "h", [])
+
+
+def test_list_entry_of_the_wrong_types() -> None:
+    info = info_from_list({"Id": CID, "Names": [5], "Image": 1, "Labels": {"x": 2, "y": "z"}}, "h")
+    assert (info.meta.name, info.meta.image, info.meta.labels) == ("", "", {"y": "z"})
+    with pytest.raises(ValueError):
+        info_from_list({"Id": 5}, "h")
+
+
+# --- ApiDiscovery's event handler: counted in shipper_docker_events_invalid_total, never stopped ---------
+
+
+def _api(m: Metrics) -> ApiDiscovery:
+    return ApiDiscovery(cast(DockerClient, object()), Config(host=HostConfig(name="h")), m)
+
+
+def test_a_start_event_with_an_impossible_time_starts_the_container_and_is_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    m = Metrics()
+    disc = _api(m)
+    for n, when in enumerate(({"time": 10**17}, {"time": 1e300}, {"timeNano": -5})):
+        ev = {"Type": "container", "Action": "start", "Actor": {"ID": f"{n:064x}", "Attributes": {"name": "x"}},
+              **when}
+        changes, inspect = disc._on_event_safe(ev)
+        assert [(c.kind, c.id) for c in changes] == [("start", f"{n:064x}")] and inspect == f"{n:064x}"
+        assert changes[0].info is not None and changes[0].info.started_at == ""
+        assert m.get(EVENTS_INVALID) == n + 1  # once per event, though its time is read twice
+    assert disc._since is None  # where a resubscription resumes is never moved by such a time
+    said = [r.getMessage() for r in caplog.records if "wrong type" in r.message]
+    assert len(said) == 2  # once per field: time, then timeNano
+    assert "time: 100000000000000000 is out of range" in said[0]
+
+
+def test_wrong_typed_rename_and_ids_are_counted(caplog: pytest.LogCaptureFixture) -> None:
+    m = Metrics()
+    disc = _api(m)
+    disc._on_event_safe({"Action": "start", "Actor": {"ID": CID, "Attributes": {"name": "web"}}, "time": 1})
+    changes, _ = disc._on_event_safe({"Action": "rename", "Actor": {"ID": CID, "Attributes": {"name": 5}}})
+    assert changes == [] and disc.known[CID].meta.name == "web"
+    assert m.get(EVENTS_INVALID) == 1
+    assert disc._on_event_safe({"Action": "start", "Actor": {"ID": 5}}) == ([], "")
+    assert m.get(EVENTS_INVALID) == 2
+    assert disc._on_event_safe({"Action": "start"}) == ([], "")  # names no container: nothing to count
+    assert m.get(EVENTS_INVALID) == 2
+
+
+def test_no_exception_from_one_event_stops_the_handler(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: Any, **kwargs: Any) -> ContainerInfo:
+        raise OSError(75, "Value too large for defined data type")
+
+    m = Metrics()
+    disc = _api(m)
+    monkeypatch.setattr(discovery, "info_from_event", broken)
+    for n in range(2):
+        assert disc._on_event_safe({"Action": "start", "Actor": {"ID": f"{n:064x}"}}) == ([], "")
+    assert m.get(EVENTS_INVALID) == 2
+    said = [r for r in caplog.records if "skipped a Docker event" in r.message]
+    assert len(said) == 1 and said[0].exc_info is not None  # not a shape error: its traceback is kept
+    monkeypatch.undo()
+    changes, _ = disc._on_event_safe({"Action": "start", "Actor": {"ID": CID}, "time": 1})
+    assert [c.kind for c in changes] == ["start"]

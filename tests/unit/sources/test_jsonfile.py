@@ -517,6 +517,29 @@ async def test_broken_lines_are_counted_and_skipped(dlog: DockerLog) -> None:
     assert r.metrics.get("shipper_lines_invalid_total") == 8
 
 
+@pytest.mark.parametrize("chunk", [256 * 1024, 2 * 1024 * 1024])  # the fast loop; the careful one (long line)
+async def test_fields_that_are_not_strings_are_counted_never_shipped(dlog: DockerLog, chunk: int) -> None:
+    """`log`, `stream` or `time` of another JSON type: counted as wrong_type, never an event (an int time or
+    stream would be the event's, a falsy log an empty entry dropped uncounted); a NUL-padded one too."""
+    t = '"time":"2024-05-01T12:00:00.000000001Z"'
+    bad = [f'{{"log":"x\\n","stream":"stdout","time":{v}}}' for v in ("5", "1.5", "true", "null", "[]", "{}")]
+    bad += [f'{{"log":"x\\n","stream":{v},{t}}}' for v in ("5", "false", "null", '["stdout"]', "{}")]
+    bad += [f'{{"log":{v},"stream":"stdout",{t}}}' for v in ("0", "7", "false", "true", "null", "[]",
+                                                            '["x\\n"]', "{}", '{"-1":"\\n"}')]
+    lines = [x.encode() + b"\n" for x in bad]
+    long = dlog.entry("q" * (1024 * 1024))
+    dlog.write("0", raw=b"".join(lines) + b"\x00" * 8 + lines[0] + long + dlog.entry("1\n"))
+    r = Reader(dlog, cfg=config(read_chunk_bytes=chunk)).start()
+    await r.has(2)
+    await r.settle()
+    await r.finish()
+    assert r.messages == ["0", "1"]
+    assert {e.stream for b in r.batches for e in b.events} == {"stdout"}
+    assert r.invalid("wrong_type") == len(bad) + 1
+    assert r.invalid("nul_bytes") == r.invalid("line_too_long") == 1
+    assert r.metrics.get("shipper_lines_invalid_total") == len(bad) + 3
+
+
 async def test_nul_padding_left_by_a_crash_is_counted_and_the_entry_after_it_kept(dlog: DockerLog) -> None:
     dlog.write("before", raw=b"\x00" * 4096 + dlog.entry("after\n"))
     r = Reader(dlog).start()

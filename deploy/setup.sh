@@ -9,7 +9,7 @@ want_tests=0
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 pkgs="docker.io"
-[ $want_tests = 1 ] && pkgs="$pkgs busybox-static rsyslog rsyslog-gnutls rsyslog-relp gnutls-bin openssl"
+[ $want_tests = 1 ] && pkgs="$pkgs busybox-static rsyslog rsyslog-gnutls rsyslog-relp gnutls-bin openssl logrotate"
 missing=""
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in $pkgs; do installed "$p" || missing="$missing $p"; done

@@ -110,6 +110,7 @@ class App:
         self._stop = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self.started = asyncio.Event()
+        self._spool_failing = False  # a push failed and none has succeeded since
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -178,8 +179,13 @@ class App:
         while True:
             try:
                 await self.buffer.push(batch)
+                if self._spool_failing:  # said once per outage, by the first reader through
+                    self._spool_failing = False
+                    log.warning("spool writable again, reading resumed (write errors so far: %d)",
+                                self.metrics.get("shipper_spool_write_errors_total"))
                 return
             except SpoolError as e:
+                self._spool_failing = True
                 delay = backoff.next_delay()
                 tel.spool_push_failed(self.metrics, e, delay)
                 await asyncio.sleep(delay)
@@ -495,11 +501,12 @@ class App:
         while True:
             await asyncio.sleep(self.config.telemetry.stats_interval_secs)
             log.info("stats containers=%d events_read=%d events_sent=%d dropped=%d invalid=%d gaps=%d "
-                     "buffered=%d reader_failures=%d waiting_inspect=%d docker=%s", len(self.readers),
-                     m.get("shipper_events_read_total"), m.get("shipper_events_sent_total"),
+                     "buffered=%d reader_failures=%d waiting_inspect=%d docker=%s spool_write_errors=%d",
+                     len(self.readers), m.get("shipper_events_read_total"), m.get("shipper_events_sent_total"),
                      m.get("shipper_events_dropped_total"), m.get("shipper_lines_invalid_total"),
                      m.get("shipper_log_gap_total"), m.get("shipper_buffer_events"),
-                     m.get("shipper_reader_failures_total"), len(self.pending), self._docker_state())
+                     m.get("shipper_reader_failures_total"), len(self.pending), self._docker_state(),
+                     m.get("shipper_spool_write_errors_total"))
 
     def _docker_state(self) -> str:
         return str(getattr(self.discovery, "state", "-"))

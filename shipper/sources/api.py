@@ -237,6 +237,10 @@ class ApiSource(LogSource):
                 got = await self._consume(stream)
                 ended_cleanly = True
             except ContainerGone:
+                if not self._last_ts:  # removed before a single entry was streamed: never silently
+                    events.container_unreadable(self.ctx.metrics, self._label, "gone_before_read",
+                                                "removed before its log could be streamed (read = \"api\"; "
+                                                "read = \"auto\" reads the json-file, which outlives it)")
                 await self._finish()
                 return
             except DockerError as e:  # unreachable, cut, broken, or an HTTP error

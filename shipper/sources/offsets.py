@@ -34,6 +34,7 @@ class OffsetStore:
         self._forgotten: dict[str, None] = {}  # an ordered set, oldest first
         self._dirty = False
         self._file = Snapshots(self.path)
+        self._failing = False  # the last write failed (logged once per outage)
 
     def load(self) -> None:
         """Read the saved positions; a missing file is a first start, a corrupt one is logged and ignored."""
@@ -116,8 +117,14 @@ class OffsetStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._file.write(snap[1], True, snap[0])
         except OSError as e:
-            log.error("cannot save offsets (will retry) path=%s error=%r", self.path, e)
+            if not self._failing:  # once per outage: a full disk must not flood the log
+                self._failing = True
+                log.error("cannot save offsets (will retry every flush; logged once until it works) path=%s "
+                          "error=%r", self.path, e)
             return False
+        if self._failing:
+            self._failing = False
+            log.warning("offsets saved again path=%s", self.path)
         return True
 
     def flush(self) -> bool:

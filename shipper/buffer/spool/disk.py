@@ -61,6 +61,7 @@ class DiskSpool(Room, Durability, Recovery, Reading, Buffer):
         self._ticker: asyncio.Task[None] | None = None
         self._ledger_dirty = False
         self._ledger_scheduled = False
+        self._ledger_failing = False  # the last ledger write failed (logged once per outage)
         self._background: set[asyncio.Future[None]] = set()
         self._ledger_saved = 0.0  # monotonic time of the last ledger snapshot
         self._bad_reads: set[int] = set()
@@ -140,13 +141,22 @@ class DiskSpool(Room, Durability, Recovery, Reading, Buffer):
             if not await self._make_room(batch, size):
                 return
             active = self._active
-            if active.seqs and active.size + size > self.config.segment_bytes:
+            # wfd None: the last segment is gone or sealed and the next could not be created (a full disk)
+            if active.wfd is None or (active.seqs and active.size + size > self.config.segment_bytes):
                 await self._rotate(fsync=True)
                 active = self._active
             seq = self._next_seq
             push_ns = time.time_ns()
             head = fmt.encode_header(seq, push_ns, batch, payload, flags)
-            self._write(active, head, payload)
+            try:
+                self._write(active, head, payload)
+            except SpoolError:
+                # the disk is full whatever max_bytes says: free what every sink has delivered, then try once
+                # more (the caller retries later if that freed nothing)
+                if not await self._free_for_write():
+                    raise
+                active = self._active
+                self._write(active, head, payload)
             active.add(seq, active.size, size, len(batch.events), push_ns)
             active.size += size
             self._disk_bytes += size
@@ -192,7 +202,8 @@ class DiskSpool(Room, Durability, Recovery, Reading, Buffer):
 
     async def _rotate(self, fsync: bool) -> None:
         """Seal the active segment and start the next. Without fsync (it is about to be deleted: delivered
-        or dropped), the checkpoints it holds are released at once."""
+        or dropped), the checkpoints it holds are released at once. The next segment is created before the
+        active one is closed, so a failure (a full disk) leaves the spool as it was, still writable."""
         old = self._active
         end: Mark = (old.first_seq, old.size)
         if fsync and self._policy is not FsyncPolicy.NEVER and self._synced < end:
@@ -202,15 +213,15 @@ class DiskSpool(Room, Durability, Recovery, Reading, Buffer):
             except OSError as e:
                 raise SpoolError(f"cannot fsync spool {old.path}: {e}") from e
             old.dir_synced = True
-        self._mark_synced(end, old.last_seq)
-        if old.wfd is not None:
-            os.close(old.wfd)
-            old.wfd = None
         path = fmt.segment_path(self.directory, self._next_seq)
         try:
             created = await asyncio.to_thread(_create_segment, path, self._next_seq)
         except OSError as e:
             raise SpoolError(f"cannot create spool segment {path}: {e}") from e
+        self._mark_synced(end, old.last_seq)
+        if old.wfd is not None:
+            os.close(old.wfd)
+            old.wfd = None
         self._new_segment(created)
         if fsync:  # sealed with everything in it delivered already: it can go now
             self._reclaim(force=False)
@@ -312,7 +323,14 @@ class DiskSpool(Room, Durability, Recovery, Reading, Buffer):
             self._ledger.write(snap)
         except OSError as e:
             self._ledger_dirty = True  # the ticker tries again
-            log.error("spool ledger not saved, will retry path=%s error=%r", self._ledger.path, e)
+            if not self._ledger_failing:  # once per outage: a full disk must not flood the log
+                self._ledger_failing = True
+                log.error("spool ledger not saved, will retry (logged once until it works) path=%s error=%r",
+                          self._ledger.path, e)
+            return
+        if self._ledger_failing:
+            self._ledger_failing = False
+            log.warning("spool ledger saved again path=%s", self._ledger.path)
 
     def _ledger_snapshot(self) -> tuple[int, bytes]:
         self._ledger.cursors.update({n: c.acked for n, c in self._cursors.items()})

@@ -17,6 +17,7 @@ from shipper.buffer.ledger import Ledger
 from shipper.buffer.spool.cursor import SpoolCursor
 from shipper.buffer.spool.index import Mark, SegmentIndex, _Segment
 from shipper.config import BufferConfig, WhenFull
+from shipper.errors import SpoolError
 from shipper.event import Batch, Checkpoint
 from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
@@ -39,10 +40,12 @@ class Room(SegmentIndex):
         def _check_open(self) -> None: ...
         async def _rotate(self, fsync: bool) -> None: ...
         def _release(self, mark: Mark) -> None: ...
+        def _mark_synced(self, mark: Mark, seq: int) -> None: ...
         def _safe_in_order(self, cp: Checkpoint | None) -> None: ...
         def _advance_released(self, seq: int) -> None: ...
         def _mark_ledger_dirty(self) -> None: ...
         def _in_background(self, work: asyncio.Future[None]) -> None: ...
+        async def idle(self) -> None: ...
 
     def _low(self) -> int | None:
         """The highest seq every open cursor has acked; None with no cursor (then nothing is delivered)."""
@@ -85,6 +88,41 @@ class Room(SegmentIndex):
                 self._waiting_space -= 1
             self._check_open()
         return True
+
+    async def _free_for_write(self) -> bool:
+        """A write failed (a full disk, whatever max_bytes says): delete every segment all open cursors have
+        acked, even if retention would keep it, as a full spool does. The segment being written goes too when
+        all of it is delivered: otherwise a spool that fits in one segment (the default 64 MiB segment_bytes
+        on a small disk) could never free anything and reading would never resume. True if something was
+        deleted (its blocks are free once this returns); SpoolError if the next segment cannot be created
+        even then (the next push tries again)."""
+        if self._low() is None:
+            return False
+        freed = False
+        while self._reclaim(force=True):  # sealed ones first: their room lets the next segment be created
+            freed = True
+        if freed:
+            await self.idle()
+        low = self._low()
+        active = self._active
+        if active.seqs and low is not None and active.last_seq <= low:
+            try:
+                await self._rotate(fsync=False)
+            except SpoolError:
+                # no room even for the next segment's header: delete this one first (every cursor acked
+                # all of it), then start the next; until that works, each push tries again (wfd is None)
+                self._mark_synced((active.first_seq, active.size), active.last_seq)
+                active.close()
+                await asyncio.to_thread(_unlink, active.path)
+                freed = True
+                await self._rotate(fsync=False)
+            while self._reclaim(force=True):
+                freed = True
+        if freed:
+            await self.idle()
+            log.info("spool: the disk was full; deleted the segments every sink had delivered dir=%s",
+                     self._active.path.parent)
+        return freed
 
     async def _drop_oldest(self) -> bool:
         """Delete the oldest segment although some cursor still needs it; its events are counted dropped."""

@@ -61,18 +61,6 @@ from shipper.transforms.assemble import LineAssembler, utf8_len
 # --- the bugs found, tolerated by the properties until fixed ----------------------------------------------
 
 KNOWN_BUGS: dict[str, str] = {
-    "syslog-invalid-timestamp": (
-        "shipper/sinks/syslog/encode.py utc_parts: a 'Z' time is cut into fields without checking it is a "
-        "real date, so month 13, hour 99 or (via an offset) year 10000 reach the RFC 5424 TIMESTAMP "
-        "instead of NILVALUE + bad_timestamps"),
-    "syslog-header-over-limit": (
-        "shipper/sinks/syslog/encode.py SyslogEncoder.encode_batch: with long header fields (host 255, "
-        "PROCID 128) the RFC 5424 header without SD can pass max_bytes (>= 480): the message is longer "
-        "than max_message_bytes"),
-    "spool-segment-gap-uncounted": (
-        "shipper/buffer/spool/recovery.py Recovery._recover/_load_segment: records missing between two "
-        "segments (a sealed segment cut at a record boundary, or a whole segment file gone) are not "
-        "counted in shipper_spool_corrupt_records_total; the cursor acks the seq gap silently"),
 }
 
 

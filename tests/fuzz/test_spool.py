@@ -71,8 +71,6 @@ def _open_and_read(directory: Path) -> tuple[set[int], float]:
 
 
 @pytest.mark.parametrize("damage", ["remove_middle_segment", "cut_sealed_segment_at_a_record"])
-@pytest.mark.xfail(strict=True, reason="KNOWN BUG spool-segment-gap-uncounted: "
-                   + props.KNOWN_BUGS["spool-segment-gap-uncounted"])
 def test_bug_records_missing_between_segments_are_counted(tmp_path: Path, damage: str) -> None:
     tpl = props.spool_template(False)
     directory = tmp_path / "spool"

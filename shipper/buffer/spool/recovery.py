@@ -58,17 +58,24 @@ class Recovery(SegmentIndex):
             tel.spool_corrupt(self.metrics, "ledger", 0, 0, str(self._ledger.path))
         found = fmt.list_segments(self.directory)
         seen = self._ledger.damage
-        last_seq = torn = 0
+        kept = self._lowest_kept()
+        last_seq = torn = tail_counted = 0
+        # seqs run on across segments: each one must start where the one before it ends (`expect`), and the
+        # oldest right after what every sink acked; what is missing in between is counted, once
+        expect = None if kept is None else kept + 1
         for i, (first, path) in enumerate(found):
             newest = i == len(found) - 1
-            seg, torn = self._load_segment(first, path, newest, last_seq,
-                                           found[i + 1][0] if not newest else None, seen)
+            gap = max(first - expect - tail_counted, 0) if expect is not None else 0
+            seg, torn, tail_counted = self._load_segment(first, path, newest, last_seq,
+                                                         found[i + 1][0] if not newest else None, seen, gap)
             last_seq = max(last_seq, seg.last_seq)
+            expect = last_seq + 1
             self._segments.append(seg)
             self._disk_bytes += seg.size
         firsts = {str(s) for s, _ in found}
         self._ledger.damage = {k: v for k, v in seen.items() if k in firsts and v}
-        on_disk_end = max(last_seq, self._segments[-1].first_seq - 1 if self._segments else 0)
+        # no segment at all (never so in use): what every sink acked is not missing
+        on_disk_end = max(last_seq, self._segments[-1].first_seq - 1 if self._segments else kept or 0)
         missing = self._ledger.next_seq - 1 - on_disk_end - torn
         if missing > 0:  # whole records gone from the end (a machine crash with fsync != always)
             self._count_corrupt("missing_tail", missing, 0, str(seg_dir))
@@ -82,6 +89,22 @@ class Recovery(SegmentIndex):
         self._recovered = self._unreleased_checkpoints()
         self._ledger.next_seq = self._next_seq
         self._save_ledger()
+
+    def _lowest_kept(self) -> int | None:
+        """The highest seq the spool may have deleted without a loss, from the ledger: the lowest seq some
+        cursor acked (segments go only once every cursor acked them, or when drop_oldest moved the cursors
+        past them); with no cursor, `released` (only drop_oldest deletes then, and it releases first). None
+        when the ledger cannot tell (none, or unreadable): the oldest segment is then taken as it is.
+
+        A ledger is saved up to LEDGER_SAVE_SECS after the acks that let a segment go, and the segment is
+        unlinked at once: a crash in between leaves this too low, and those delivered records are counted
+        as missing."""
+        ledger = self._ledger
+        if ledger.damaged:
+            return None
+        if ledger.cursors:
+            return min(ledger.cursors.values())
+        return ledger.released
 
     def _unreleased_checkpoints(self) -> list[Checkpoint]:
         """The newest checkpoint per container among the intact records whose checkpoints were not released
@@ -136,9 +159,12 @@ class Recovery(SegmentIndex):
         return [cp for _, cp in found.values()]
 
     def _load_segment(self, first: int, path: Path, newest: bool, prev_last: int, next_first: int | None,
-                      seen: dict[str, dict[str, list[int]]]) -> tuple[_Segment, int]:
+                      seen: dict[str, dict[str, list[int]]], missing: int = 0) -> tuple[_Segment, int, int]:
         """Index one segment; count its damage (what an earlier open counted is not counted again) and
-        cut a torn tail off the newest one. Returns the segment and the records lost in that tail."""
+        cut a torn tail off the newest one. `missing`: records gone without a trace just before this
+        segment (a whole file gone, or the one before cut at a record boundary), counted with its damage
+        as reason "missing". Returns the segment, the records lost in the newest one's torn tail, and the
+        records a damaged end of a sealed one was counted for (the seqs up to `next_first`)."""
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size:
@@ -150,11 +176,15 @@ class Recovery(SegmentIndex):
         seg = _Segment(first, path, size, found.created_ns or time.time_ns(), cum_before)
         damage = list(found.damage)
         tail = damage.pop() if newest and damage and damage[-1].reason == "torn_tail" else None
+        tail_counted = 0
         if damage and damage[-1].reason == "torn_tail" and next_first is not None:
             # a sealed segment ends damaged: not a torn write; the next segment's name tells what is lost
             last_good = found.headers[-1].seq if found.headers else first - 1
             end = damage.pop()
-            damage.append(fmt.Damage(end.offset, end.nbytes, "corrupt", max(next_first - last_good - 1, 1)))
+            tail_counted = max(next_first - last_good - 1, 1)
+            damage.append(fmt.Damage(end.offset, end.nbytes, "corrupt", tail_counted))
+        if missing > 0:
+            damage.append(fmt.Damage(0, 0, "missing", missing))
         for hdr, off in zip(found.headers, found.offsets, strict=True):
             if hdr.seq <= prev_last or (next_first is not None and hdr.seq >= next_first):
                 damage.append(fmt.Damage(off, hdr.size, "misplaced"))  # valid but out of order: not ours
@@ -170,22 +200,22 @@ class Recovery(SegmentIndex):
         for reason, (records, nbytes) in totals.items():
             old_records, old_bytes = before.get(reason, (0, 0))
             if records > old_records or nbytes > old_bytes:
-                self._count_corrupt(reason, max(records - old_records, 0), max(nbytes - old_bytes, 0),
-                                    str(path))
+                where = f"{path} (records gone before seq {first})" if reason == "missing" else str(path)
+                self._count_corrupt(reason, max(records - old_records, 0), max(nbytes - old_bytes, 0), where)
         seen[key] = totals  # what is on disk now (a cut tail takes its damage with it)
         if newest and size < fmt.SEG_HDR_SIZE:  # crashed while creating it: start it again
             with open(path, "wb") as f:
                 f.write(fmt.segment_header(first, time.time_ns()))
             seg.size = fmt.SEG_HDR_SIZE
         if tail is None:
-            return seg, 0
+            return seg, 0, tail_counted
         self._count_corrupt("torn_tail", tail.records, tail.nbytes, str(path))
         if size >= fmt.SEG_HDR_SIZE:
             cut = found.valid_end
             os.truncate(path, cut)
             log.warning("spool tail cut path=%s at=%d removed_bytes=%d", path, cut, size - cut)
             seg.size = cut
-        return seg, tail.records
+        return seg, tail.records, tail_counted
 
     def _count_corrupt(self, reason: str, records: int, nbytes: int, where: str) -> None:
         self.corrupt_records += records

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shipper.event import Batch, ContainerMeta, Event
-from shipper.timefmt import NS_PER_SEC, RFC3339, parse_ns
+from shipper.timefmt import NS_PER_SEC, parse_ns
 
 NILVALUE = "-"
 SYSLOG_VERSION = 1
@@ -228,22 +228,37 @@ def tag_3164(value: str) -> str:
     return _TAG_BAD.sub("_", value)[:TAG_MAX_3164]
 
 
-def utc_parts(ts: str) -> tuple[str, str, str] | None:
-    """Docker's RFC 3339 timestamp as UTC ('YYYY-MM-DD', 'hh:mm:ss', six fraction digits, truncated).
+# An RFC 3339 time whose fields are in range: year 0001-9999, a day that month has (29 February in a leap year
+# only), hour 00-23, minute and second 00-59 (no leap second: RFC 5424 §6.2.3). Groups as timefmt.RFC3339's.
+_UTC_FAST = re.compile(
+    r"((?!0000)(?:\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
+    r"|02-(?:0[1-9]|1\d|2[0-8]))"
+    r"|(?:\d\d(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29))"
+    r"[Tt ]((?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d)(?:[.,](\d+))?([Zz]|[+-]\d\d:?\d\d)?", re.ASCII)
 
-    This runs per event: a UTC time (Docker's) is only cut into its fields, no arithmetic; a time with an
-    offset goes through `parse_ns` to be moved to UTC."""
-    m = RFC3339.fullmatch(ts)
-    if m is None:
-        return None
-    date, clock, frac, zone = m.groups()
-    if zone == "Z" or zone == "z":
-        return date, clock, (frac or "")[:6].ljust(6, "0")
+
+def utc_parts(ts: str) -> tuple[str, str, str] | None:
+    """Docker's RFC 3339 timestamp as UTC ('YYYY-MM-DD', 'hh:mm:ss', six fraction digits, truncated); None
+    unless it is a real time in years 0001-9999 (RFC 5424's FULL-DATE has four digits; no leap second, §6.2.3).
+
+    This runs per event: a UTC time (Docker's) that `_UTC_FAST` finds in range is only cut into its fields,
+    no arithmetic; a time with an offset goes through `parse_ns` to be moved to UTC, and so does anything
+    out of range, which parse_ns refuses."""
+    m = _UTC_FAST.fullmatch(ts)
+    if m is not None:
+        date, clock, frac, zone = m.groups()
+        if zone == "Z" or zone == "z":
+            return date, clock, (frac or "")[:6].ljust(6, "0")
+        if zone is None:
+            return None  # no zone: refused, as parse_ns does
     try:
-        secs, ns = divmod(parse_ns(ts), NS_PER_SEC)  # no zone: refused
+        secs, ns = divmod(parse_ns(ts), NS_PER_SEC)
     except ValueError:
         return None
     t = time.gmtime(secs)
+    if not 1 <= t.tm_year <= 9999:  # moved to UTC past year 9999 (or before year 1)
+        return None
     return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}", f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}",
             f"{ns // 1000:06d}")
 
@@ -421,6 +436,7 @@ class SyslogEncoder:
         self.msgid = Template(opts.msgid)
         self._meta: ContainerMeta | None = None
         self._middles: dict[tuple[str, bool], bytes] = {}
+        self._fitted: dict[tuple[str, int], bytes] = {}  # (stream, room) -> middle without SD, fields cut
         version = b"" if opts.format is Format.RFC3164 else b"%d " % SYSLOG_VERSION
         self._prefixes = {sev: b"<%d>" % priority(opts.facility, sev) + version for sev in Severity}
 
@@ -432,21 +448,19 @@ class SyslogEncoder:
         if meta is not self._meta:
             self._meta = meta
             self._middles = {}
+            self._fitted = {}
         key = (stream, escape)
         cached = self._middles.get(key)
         if cached is not None:
             return cached
-        host = self._host(meta)
-        app = self.app_name.render(meta, host, stream)
-        procid = self.procid.render(meta, host, stream)
         if self.opts.format is Format.RFC3164:
-            pid = header_field(procid, PROCID_MAX)
-            tag = tag_3164(app) + (f"[{pid}]" if pid != NILVALUE else "")
+            host = self._host(meta)
+            pid = header_field(self.procid.render(meta, host, stream), PROCID_MAX)
+            tag = tag_3164(self.app_name.render(meta, host, stream)) + (f"[{pid}]" if pid != NILVALUE else "")
             text = f" {header_field(host, HOSTNAME_MAX)} {tag}: "
         else:
-            text = (f" {header_field(host, HOSTNAME_MAX)} {header_field(app, APP_NAME_MAX)} "
-                    f"{header_field(procid, PROCID_MAX)} "
-                    f"{header_field(self.msgid.render(meta, host, stream), MSGID_MAX)} "
+            host_f, app_f, procid_f, msgid_f = self._fields_5424(meta, stream)
+            text = (f" {host_f} {app_f} {procid_f} {msgid_f} "
                     f"{container_sd(meta, self.opts.sd_id, self.opts.sd_labels)} ")
         out = text.encode()
         if escape:
@@ -454,11 +468,47 @@ class SyslogEncoder:
         self._middles[key] = out
         return out
 
+    def _fields_5424(self, meta: ContainerMeta, stream: str) -> list[str]:
+        """HOSTNAME, APP-NAME, PROCID and MSGID, each printable ASCII (one byte a character) in its limit."""
+        host = self._host(meta)
+        return [header_field(host, HOSTNAME_MAX),
+                header_field(self.app_name.render(meta, host, stream), APP_NAME_MAX),
+                header_field(self.procid.render(meta, host, stream), PROCID_MAX),
+                header_field(self.msgid.render(meta, host, stream), MSGID_MAX)]
+
+    def fitted_middle(self, meta: ContainerMeta, stream: str, room: int) -> bytes:
+        """The RFC 5424 middle with NILVALUE for SD, in at most `room` bytes if it can be: should it pass
+        them, HOSTNAME is cut first, then PROCID, MSGID and APP-NAME, each to one character at the least.
+
+        Needed only when the header alone passes the limit: the four fields may take 463 bytes, and a
+        limit of 480 (what every receiver takes) leaves them 436 beside PRI, VERSION, TIMESTAMP and a BOM."""
+        if meta is not self._meta:
+            self._meta = meta
+            self._middles = {}
+            self._fitted = {}
+        key = (stream, room)
+        cached = self._fitted.get(key)
+        if cached is not None:
+            return cached
+        fields = self._fields_5424(meta, stream)
+        excess = len(f" {' '.join(fields)} {NILVALUE} ") - room
+        for i in (0, 2, 3, 1):  # HOSTNAME, PROCID, MSGID, APP-NAME
+            if excess <= 0:
+                break
+            cut = min(excess, len(fields[i]) - 1)
+            fields[i] = fields[i][:len(fields[i]) - cut]
+            excess -= cut
+        out = f" {' '.join(fields)} {NILVALUE} ".encode()  # printable ASCII: nothing to escape
+        self._fitted[key] = out
+        return out
+
     def encode_batch(self, batch: Batch, max_bytes: int, framing: Framing | None) -> Encoded:
         """Every event of `batch` as one syslog message of at most `max_bytes` (framing excluded).
 
         `framing` None means datagrams: messages go out bare and LFs stay as they are. Only MSG is cut;
-        should the header and SD alone pass the limit, the SD gives way (counted as a truncation too).
+        should the header and SD alone pass the limit, the SD gives way, and then if need be the header
+        fields (`fitted_middle`); either counts as a truncation too. With max_bytes >= 480 (the least a
+        sink allows), no message is longer than max_bytes.
         """
         opts = self.opts
         meta = batch.container
@@ -484,18 +534,20 @@ class SyslogEncoder:
                 stamp = rfc5424_timestamp(ev.timestamp)
                 if stamp == NILVALUE:
                     encoded.bad_timestamps += 1
-            head = prefix + stamp.encode() + self.middle(meta, ev.stream, escape) + bom
+            stamp_bytes = stamp.encode()
+            head = prefix + stamp_bytes + self.middle(meta, ev.stream, escape) + bom
             msg = ev.message.encode("utf-8", "replace")
             budget = max_bytes - len(head)
-            sd_dropped = False
-            if budget < 0 and not rfc3164:
-                head = head.replace(self._sd_bytes(meta, escape), NILVALUE.encode(), 1)
+            full_head = 0  # the header as it would have been, when the SD and maybe more had to go
+            if budget < 0 and not rfc3164:  # the SD goes, then as much of the header fields as it takes
+                full_head = len(head)
+                room = max_bytes - len(prefix) - len(stamp_bytes) - len(bom)
+                head = prefix + stamp_bytes + self.fitted_middle(meta, ev.stream, room) + bom
                 budget = max_bytes - len(head)
-                sd_dropped = True
             budget = max(budget, 0)
             full = len(msg) + (len(LF_ESCAPE) - 1) * msg.count(LF) if escape else len(msg)
-            if full > budget or sd_dropped:
-                encoded.truncated.append((len(head) + len(msg), max_bytes))
+            if full > budget or full_head:
+                encoded.truncated.append(((full_head or len(head)) + len(msg), max_bytes))
                 body = fit_message(msg, budget, escape)
             else:
                 body = escape_lf(msg) if escape else msg
@@ -506,10 +558,6 @@ class SyslogEncoder:
                 message = frame_lf(message)
             out.append(message)
         return encoded
-
-    def _sd_bytes(self, meta: ContainerMeta, escape: bool) -> bytes:
-        sd = container_sd(meta, self.opts.sd_id, self.opts.sd_labels).encode()
-        return escape_lf(sd) if escape else sd
 
 
 def _now_3164() -> str:

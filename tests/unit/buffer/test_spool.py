@@ -320,6 +320,136 @@ async def test_flipped_byte_mid_segment_skips_one_record(tmp_path: Path) -> None
     await o2.spool.close()
 
 
+TWO_A_SEGMENT = config(segment_bytes=700)  # make_batch(k) is a 266-byte record: seqs 1-2, 3-4, 5-6, ...
+
+
+async def written(directory: Path, n: int = 12, cursors: tuple[str, ...] = ("s",)) -> list[Path]:
+    o = await open_spool(directory, TWO_A_SEGMENT)
+    for c in cursors:
+        o.spool.cursor(c)
+    for k in range(n):
+        await o.spool.push(make_batch(k))
+    await o.spool.close()
+    files = segment_files(directory)
+    assert [[r.seq for r in raw_records(p)] for p in files] == [[i, i + 1] for i in range(1, n + 1, 2)]
+    return files
+
+
+async def test_a_whole_segment_gone_between_two_is_counted_once(tmp_path: Path) -> None:
+    files = await written(tmp_path)
+    files[1].unlink()  # seqs 3 and 4
+    o = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o.metrics, "missing") == 2 and corrupt_count(o.metrics) == 2
+    assert o.metrics.get("shipper_spool_corrupt_bytes_total") == 0  # nothing left to measure
+    assert await drain(o.spool, "s", ack=False) == [0, 1, *range(4, 12)]
+    await o.spool.close()
+    o2 = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o2.metrics) == 0, "counted again at the next open"
+    assert await drain(o2.spool, "s") == [0, 1, *range(4, 12)]
+    await o2.spool.close()
+    o3 = await open_spool(tmp_path, TWO_A_SEGMENT)  # delivered now: the gap is behind the cursor
+    assert corrupt_count(o3.metrics) == 0 and await drain(o3.spool, "s") == []
+    await o3.spool.close()
+
+
+async def test_a_sealed_segment_cut_at_a_record_boundary_is_counted(tmp_path: Path) -> None:
+    files = await written(tmp_path)
+    last = raw_records(files[2])[-1]  # seq 6
+    os.truncate(files[2], last.offset)  # no byte of damage left to find: only the seqs tell
+    o = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o.metrics, "missing") == 1 and corrupt_count(o.metrics) == 1
+    assert await drain(o.spool, "s", ack=False) == [k for k in range(12) if k != 5]
+    await o.spool.close()
+    o2 = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o2.metrics) == 0
+    await o2.spool.close()
+
+
+async def test_a_torn_end_of_a_sealed_segment_is_not_counted_twice(tmp_path: Path) -> None:
+    files = await written(tmp_path)
+    torn = raw_records(files[1])[-1]  # seq 4, cut through: damage the scan sees
+    os.truncate(files[1], torn.offset + 100)
+    files[2].unlink()  # seqs 5 and 6
+    o = await open_spool(tmp_path, TWO_A_SEGMENT)
+    # the torn end accounts for every seq up to the next file (4, 5, 6); nothing more is missing
+    assert corrupt_count(o.metrics) == 3 == corrupt_count(o.metrics, "corrupt")
+    assert await drain(o.spool, "s") == [0, 1, 2, *range(6, 12)]
+    await o.spool.close()
+
+
+async def test_the_oldest_segment_gone_is_counted_from_the_lowest_cursor(tmp_path: Path) -> None:
+    await written(tmp_path, cursors=("a", "b"))
+    o = await open_spool(tmp_path, TWO_A_SEGMENT)
+    opened = {name: o.spool.cursor(name) for name in ("a", "b")}  # every sink's cursor before any ack
+    for name, upto in (("a", 6), ("b", 3)):
+        cur = opened[name]
+        for _ in range(upto):
+            seq, _ = await cur.next()
+            cur.ack(seq)
+    await o.spool.idle()
+    await o.spool.close()
+    files = segment_files(tmp_path)
+    assert int(files[0].stem) == 3, "seqs 1-2 acked by both: deleted"
+    o2 = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o2.metrics) == 0, "a segment every sink had acked is not missing"
+    await o2.spool.close()
+    files[0].unlink()  # seqs 3 and 4: 'a' had them, 'b' had only 3
+    o3 = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o3.metrics, "missing") == 1 and corrupt_count(o3.metrics) == 1
+    assert await drain(o3.spool, "b", ack=False) == list(range(4, 12))
+    assert await drain(o3.spool, "a", ack=False) == list(range(6, 12))
+    await o3.spool.close()
+    o4 = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o4.metrics) == 0
+    await o4.spool.close()
+
+
+async def test_without_a_ledger_the_oldest_segment_is_taken_as_it_is(tmp_path: Path) -> None:
+    files = await written(tmp_path)
+    files[0].unlink()
+    (tmp_path / "ledger.json").unlink()  # nothing tells where the spool started
+    o = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o.metrics) == 0
+    assert await drain(o.spool, "s") == list(range(2, 12))
+    await o.spool.close()
+
+
+async def test_every_segment_gone_counts_only_what_no_sink_acked(tmp_path: Path) -> None:
+    files = await written(tmp_path)
+    o = await open_spool(tmp_path, TWO_A_SEGMENT)
+    cur = o.spool.cursor("s")
+    for _ in range(4):
+        seq, _ = await cur.next()
+        cur.ack(seq)
+    await o.spool.close()
+    for f in segment_files(tmp_path):
+        f.unlink()
+    o2 = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o2.metrics, "missing_tail") == 8 and corrupt_count(o2.metrics) == 8  # seqs 5-12
+    await o2.spool.push(make_batch(12))
+    assert await drain(o2.spool, "s") == [12]
+    await o2.spool.close()
+    assert len(files) == 6
+
+
+@pytest.mark.parametrize("cursors", [(), ("stalled",), ("fast", "stalled")])
+async def test_segments_deleted_by_the_spool_are_not_missing(tmp_path: Path, cursors: tuple[str, ...]) -> None:
+    cfg = config(segment_bytes=700, max_bytes=1800, when_full=WhenFull.DROP_OLDEST)
+    o = await open_spool(tmp_path, cfg)
+    for c in cursors:
+        o.spool.cursor(c)
+    for k in range(20):
+        await o.spool.push(make_batch(k))
+        if "fast" in cursors:
+            await drain(o.spool, "fast")
+    await o.spool.idle()
+    await o.spool.close()
+    assert int(segment_files(tmp_path)[0].stem) > 1, "nothing dropped: nothing to test"
+    o2 = await open_spool(tmp_path, cfg)
+    assert corrupt_count(o2.metrics) == 0
+    await o2.spool.close()
+
+
 async def test_damage_after_open_is_skipped_at_read(tmp_path: Path) -> None:
     """Bit rot under a running spool: the cursor's own CRC check catches it."""
     o = await open_spool(tmp_path, config(segment_bytes=1 << 20))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from shipper.event import COMPOSE_PROJECT, COMPOSE_SERVICE, Batch, ContainerMeta, Event
@@ -54,6 +56,50 @@ def test_bad_timestamp_is_nil_and_counted() -> None:
     out = SyslogEncoder(OPTS).encode_batch(Batch(META, [Event("yesterday", "x"), Event(TS, "y")]), 4096, None)
     assert out.bad_timestamps == 1
     assert out.messages[0].startswith(b"<134>1 - node-1 web-1 ")
+
+
+@pytest.mark.parametrize("ts", [
+    "2024-13-45T99:99:99Z", "2024-00-10T12:00:00Z", "2024-05-00T12:00:00Z", "2024-02-30T12:00:00Z",
+    "2023-02-29T12:00:00Z", "1900-02-29T12:00:00Z", "2024-04-31T12:00:00Z", "2024-05-32T12:00:00Z",
+    "2024-05-01T24:00:00Z", "2024-05-01T12:60:00Z", "2024-05-01T12:00:60Z",  # RFC 5424: no leap second
+    "0000-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00", "0001-01-01T00:30:00+01:00",
+    "2024-02-30T12:00:00+01:00", "2024-05-01T12:00:00", "2024-05-01T12:00:00+24:00",
+])
+def test_impossible_time_is_nilvalue_and_counted(ts: str) -> None:
+    assert rfc5424_timestamp(ts) == "-"
+    assert rfc3164_timestamp(ts) is None
+    out = SyslogEncoder(OPTS).encode_batch(Batch(META, [Event(ts, "x"), Event(TS, "y")]), 4096, None)
+    assert out.bad_timestamps == 1 and out.messages[0].startswith(b"<134>1 - node-1 ")
+
+
+@pytest.mark.parametrize(("ts", "want"), [
+    ("2024-02-29T12:00:00.5Z", "2024-02-29T12:00:00.500000Z"),  # leap years: by 4, by 400, not by 100
+    ("2000-02-29T00:00:00Z", "2000-02-29T00:00:00.000000Z"),
+    ("2023-02-28T23:59:59.999999999Z", "2023-02-28T23:59:59.999999Z"),
+    ("2024-01-31T00:00:00Z", "2024-01-31T00:00:00.000000Z"),
+    ("2024-12-31T23:59:59z", "2024-12-31T23:59:59.000000Z"),
+    ("2024-06-30 08:00:00,25Z", "2024-06-30T08:00:00.250000Z"),
+    ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000000Z"),
+    ("9999-12-31T23:59:59.999999999Z", "9999-12-31T23:59:59.999999Z"),
+    ("9999-12-31T23:59:59+01:00", "9999-12-31T22:59:59.000000Z"),
+    ("2024-02-28T23:30:00-01:00", "2024-02-29T00:30:00.000000Z"),  # moved to UTC onto a 29 February
+    ("2024-05-31T00:30:00.1234567+01:00", "2024-05-30T23:30:00.123456Z"),
+])
+def test_real_times_at_the_edges_pass(ts: str, want: str) -> None:
+    assert rfc5424_timestamp(ts) == want
+
+
+def test_every_day_of_a_leap_and_a_common_year_as_datetime_says() -> None:
+    for year in (1900, 2000, 2023, 2024):
+        for month in range(1, 13):
+            for day in range(1, 33):
+                ts = f"{year}-{month:02d}-{day:02d}T12:00:00Z"
+                try:
+                    datetime(year, month, day)
+                except ValueError:
+                    assert rfc5424_timestamp(ts) == "-", ts
+                else:
+                    assert rfc5424_timestamp(ts) == f"{ts[:-1]}.000000Z", ts
 
 
 def test_sd_param_values_escape_quote_backslash_bracket() -> None:
@@ -209,6 +255,62 @@ def test_header_and_sd_over_the_limit_drop_the_sd_not_the_message() -> None:
     out = encoder.encode_batch(Batch(meta, [Event(TS, "short")]), 480, None)
     assert out.messages == [b"<134>1 2024-05-01T12:34:56.123456Z h n - stdout - short"]
     assert len(out.truncated) == 1
+
+
+LONG = EncoderOptions(procid="p" * 128, msgid="m" * 32, app_name="a" * 48)
+LONG_META = ContainerMeta(id="c" * 64, name="web", host="h" * 255)
+
+
+def test_header_fields_longer_than_the_limit_are_cut_hostname_first() -> None:
+    out = SyslogEncoder(LONG).encode_batch(Batch(LONG_META, [Event(TS, "hello")]), 480, None)
+    # without SD the header is 504 bytes: the 24 too many come off HOSTNAME
+    want = f"<134>1 2024-05-01T12:34:56.123456Z {'h' * 231} {'a' * 48} {'p' * 128} {'m' * 32} - ".encode()
+    assert len(want) == 480
+    assert out.messages == [want]
+    sd = f'[docker@32473 id="{"c" * 64}" name="web"]'
+    whole = f"<134>1 2024-05-01T12:34:56.123456Z {'h' * 255} {'a' * 48} {'p' * 128} {'m' * 32} {sd} hello"
+    assert out.truncated == [(len(whole), 480)]  # the size it would have had
+
+
+def test_header_cut_order_is_hostname_procid_msgid_app_name() -> None:
+    encoder = SyslogEncoder(LONG)  # limits under 480 only to see the order: a sink allows no less than 480
+    fixed = len("<134>1 2024-05-01T12:34:56.123456Z ") + len(" - ") + 3  # PRI..TIMESTAMP SP, SP SD SP, 3 SPs
+    for limit, want in [  # HOSTNAME APP-NAME PROCID MSGID
+        (fixed + 1 + 48 + 128 + 32, ("h", "a" * 48, "p" * 128, "m" * 32)),
+        (fixed + 1 + 48 + 100 + 32, ("h", "a" * 48, "p" * 100, "m" * 32)),
+        (fixed + 1 + 48 + 1 + 10, ("h", "a" * 48, "p", "m" * 10)),
+        (fixed + 1 + 20 + 1 + 1, ("h", "a" * 20, "p", "m")),
+        (fixed + 4, ("h", "a", "p", "m")),
+    ]:
+        out = encoder.encode_batch(Batch(LONG_META, [Event(TS, "x")]), limit, None)
+        (msg,) = out.messages
+        assert len(msg) == limit and tuple(msg.decode().split(" ")[2:6]) == want, limit
+        assert len(out.truncated) == 1
+
+
+@pytest.mark.parametrize("framing", [None, *Framing])
+@pytest.mark.parametrize("bom", [False, True])
+def test_no_message_passes_the_limit_whatever_the_header(framing: Framing | None, bom: bool) -> None:
+    opts = EncoderOptions(procid="p" * 128, msgid="m" * 32, app_name="a" * 48, bom=bom, sd_labels=True)
+    meta = ContainerMeta(id="c" * 64, name="web", image="i" * 300, host="h" * 255, labels={"k": "v\n" * 50})
+    events = [Event(TS, "hello\nworld"), Event("bad time", "short", "stderr"), Event(TS, "")]
+    for limit in (480, 500, 520, 700, 2048):
+        out = SyslogEncoder(opts).encode_batch(Batch(meta, events), limit, framing)
+        for framed in out.messages:
+            if framing is Framing.OCTET_COUNTING:
+                framed = framed.split(b" ", 1)[1]
+            elif framing is Framing.LF:
+                assert framed.count(b"\n") == 1
+                framed = framed[:-1]
+            assert len(framed) <= limit
+        assert out.bad_timestamps == 1
+
+
+def test_a_nil_timestamp_leaves_more_of_the_hostname() -> None:
+    out = SyslogEncoder(LONG).encode_batch(Batch(LONG_META, [Event(TS, "x"), Event("then", "y")]), 480, None)
+    hosts = [m.split(b" ")[2] for m in out.messages]
+    assert [len(h) for h in hosts] == [231, 255] and len(out.truncated) == 2
+    assert out.messages[1] == f"<134>1 - {'h' * 255} {'a' * 48} {'p' * 128} {'m' * 32} - y".encode()  # SD gone
 
 
 def test_bom_is_optional() -> None:

@@ -45,6 +45,8 @@ class Room(SegmentIndex):
         def _advance_released(self, seq: int) -> None: ...
         def _mark_ledger_dirty(self) -> None: ...
         def _in_background(self, work: asyncio.Future[None]) -> None: ...
+        def _ledger_snapshot(self) -> tuple[int, bytes]: ...
+        def _write_ledger(self, snap: tuple[int, bytes]) -> None: ...
         async def idle(self) -> None: ...
 
     def _low(self) -> int | None:
@@ -183,15 +185,24 @@ class Room(SegmentIndex):
 
     def _delete(self, seg: _Segment) -> None:
         seg.close()
-        try:  # freeing a segment's blocks can take a while
-            self._in_background(asyncio.get_running_loop().run_in_executor(None, _unlink, seg.path))
-        except RuntimeError:
-            _unlink(seg.path)
         seg.deleted = True
         self._segments.remove(seg)
         self._disk_bytes -= seg.size
         self._ledger.damage.pop(str(seg.first_seq), None)
-        self._mark_ledger_dirty()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # at open, off the loop: the ledger is saved when recovery ends
+            _unlink(seg.path)
+            return
+        # The ledger that says every sink acked the segment goes to disk before the segment goes: a crash in
+        # between would otherwise read the acked records as lost. Both in a worker thread (freeing a
+        # segment's blocks can take a while).
+        snap = self._ledger_snapshot()
+        self._in_background(loop.run_in_executor(None, self._write_then_unlink, snap, seg.path))
+
+    def _write_then_unlink(self, snap: tuple[int, bytes], path: Path) -> None:
+        self._write_ledger(snap)
+        _unlink(path)
 
 
 def _unlink(path: Path) -> None:

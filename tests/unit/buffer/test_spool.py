@@ -728,3 +728,25 @@ async def test_records_of_an_older_ledger_are_not_decoded_at_open(tmp_path: Path
     assert orjson.loads((image / "ledger.json").read_bytes())["released"] == 1
     await sp.close()
     await live.close()
+
+
+async def test_a_segment_is_deleted_only_after_the_ledger_says_it_was_delivered(tmp_path: Path) -> None:
+    """A crash between the unlink and the ledger save would make the next open count delivered records as
+    missing: whenever a delivered segment is gone from disk, the ledger on disk already covers it."""
+    o = await open_spool(tmp_path, config(segment_bytes=500))
+    cur = o.spool.cursor("s")
+    for k in range(8):
+        await o.spool.push(make_batch(k))
+    before = {int(p.stem) for p in segment_files(tmp_path)}
+    seq, _ = await cur.next()
+    cur.ack(seq)
+    for _ in range(6):
+        seq, _ = await cur.next()
+        cur.ack(seq)
+    await o.spool.idle()  # the deletes have run; the periodic ledger save (every 0.2 s) may not have
+    gone = before - {int(p.stem) for p in segment_files(tmp_path)}
+    assert gone, "no segment was deleted: the test proves nothing"
+    ledger = orjson.loads((tmp_path / "ledger.json").read_bytes())
+    nxt = min({int(p.stem) for p in segment_files(tmp_path)})
+    assert ledger["cursors"]["s"] >= nxt - 1, (ledger["cursors"], sorted(gone))
+    await o.spool.close()

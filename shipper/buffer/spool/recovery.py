@@ -77,10 +77,15 @@ class Recovery(SegmentIndex):
         # no segment at all (never so in use): what every sink acked is not missing
         on_disk_end = max(last_seq, self._segments[-1].first_seq - 1 if self._segments else kept or 0)
         missing = self._ledger.next_seq - 1 - on_disk_end - torn
-        if missing > 0:  # whole records gone from the end (a machine crash with fsync != always)
-            self._count_corrupt("missing_tail", missing, 0, str(seg_dir))
         acked_max = max(self._ledger.cursors.values(), default=0)
         self._next_seq = max(on_disk_end + 1, self._ledger.next_seq, acked_max + 1)
+        if missing > 0:  # whole records gone from the end (a machine crash with fsync != always)
+            self._count_corrupt("missing_tail", missing, 0, str(seg_dir))
+            # their seqs are given again (no record and no ack refers to them), so that the next open does not
+            # count them again; `released` comes back with them (handing out a checkpoint again costs nothing)
+            self._next_seq = max(on_disk_end + 1, acked_max + 1)
+            if self._ledger.released is not None:
+                self._ledger.released = min(self._ledger.released, self._next_seq - 1)
         if self._segments:
             active = self._segments[-1]
             active.wfd = os.open(active.path, os.O_WRONLY | os.O_APPEND)

@@ -432,6 +432,24 @@ async def test_every_segment_gone_counts_only_what_no_sink_acked(tmp_path: Path)
     assert len(files) == 6
 
 
+async def test_a_missing_tail_is_counted_once_across_reopens(tmp_path: Path) -> None:
+    """The records a machine crash took from the end are counted at the open that finds them, not again at
+    every later open, nor once new records follow them."""
+    files = await written(tmp_path)
+    files[-1].unlink()  # seqs 11 and 12, the newest
+    o = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o.metrics, "missing_tail") == 2 and corrupt_count(o.metrics) == 2
+    await o.spool.close()
+    o2 = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o2.metrics) == 0
+    await o2.spool.push(make_batch(12))
+    await o2.spool.close()
+    o3 = await open_spool(tmp_path, TWO_A_SEGMENT)
+    assert corrupt_count(o3.metrics) == 0
+    assert await drain(o3.spool, "s", ack=False) == [*range(10), 12]
+    await o3.spool.close()
+
+
 @pytest.mark.parametrize("cursors", [(), ("stalled",), ("fast", "stalled")])
 async def test_segments_deleted_by_the_spool_are_not_missing(tmp_path: Path, cursors: tuple[str, ...]) -> None:
     cfg = config(segment_bytes=700, max_bytes=1800, when_full=WhenFull.DROP_OLDEST)

@@ -1,103 +1,317 @@
-"""Counters and gauges with labels, rendered in the Prometheus text format.
+"""Every metric shipper exports, declared once (type, help, label names), on prometheus_client.
 
-Updated per batch, never per event, so a dict lookup per call is cheap enough.
+`HELP` is the one list: a name maps to `counter(...)`, `gauge(...)` or `histogram(...)` with its label names.
+(A bare help string is accepted too: the type then follows the name, `_total` a counter, else a gauge, and
+the label names are fixed by the first use.) Using a name that is not declared raises `UndeclaredMetric`,
+so a metric cannot be added without its declaration; a label that is not declared raises `ValueError`.
+
+Call sites keep one small API: `inc`, `set`, `observe`, `get`, `snapshot`, `render`. They are called per
+batch, never per event; each call is a dict lookup (the labelled child is cached) and a locked add.
+
+Per-container series are removed by `forget_container` once a container is gone, so container churn does not
+grow the exposition without bound; `get` without labels still includes what the forgotten series had counted,
+so totals (the stats line, `/status`) never go backwards. Each `Metrics` has its own registry (tests make
+many); the process collectors (CPU, RSS, open fds) are in the registry the daemon exports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+prometheus_client.disable_created_metrics()  # no *_created series: they double every counter for nothing
 
 Labels = tuple[tuple[str, str], ...]
+Kind = Literal["counter", "gauge", "histogram"]
+CONTAINER = "container"
 
-HELP: dict[str, str] = {
-    "shipper_events_read_total": "Events rebuilt from container logs.",
-    "shipper_entries_read_total": "json-file entries or API frames read.",
-    "shipper_bytes_read_total": "Log bytes read.",
-    "shipper_events_sent_total": "Events a sink delivered.",
-    "shipper_events_dropped_total": "Events dropped, by reason.",
-    "shipper_lines_invalid_total": "Log entries that could not be parsed, by reason (skipped).",
-    "shipper_events_truncated_total": "Events cut at max_event_bytes or a sink's size limit.",
-    "shipper_log_gap_total": "Times log data was lost before being read (rotated away, compressed, truncated).",
-    "shipper_log_gap_bytes_total": "Bytes of log data lost before being read: exact, or the least the files prove.",
-    "shipper_log_gap_lines_total": "Log entries lost before being read: exact, or the least the files prove.",
-    "shipper_log_gap_possible_total": "Times log data may have been lost before being read; the reader cannot tell.",
-    "shipper_sink_retries_total": "Sends that failed and were retried.",
-    "shipper_sink_state": "Sink state: 0 up, 1 retrying, 2 failing, 3 starting.",
-    "shipper_containers": "Containers being read.",
-    "shipper_buffer_events": "Events in the buffer.",
-    "shipper_buffer_bytes": "Bytes in the buffer.",
-    "shipper_json_unparsed_total": "Lines that looked like JSON but did not parse; shipped as text.",
-    "shipper_spool_write_errors_total": "Pushes the disk spool refused (disk full, I/O error); reading waited.",
-    "shipper_spool_corrupt_records_total": "Spool records that failed their check and were skipped or cut.",
-    "shipper_spool_corrupt_bytes_total": "Bytes of spool records that failed their check.",
-    "shipper_spool_segments": "Spool segment files on disk.",
-    "shipper_spool_cursor_lag_events": "Events in the spool a sink has not acknowledged yet.",
-    "shipper_docker_events_invalid_total": "Docker events that could not be read (skipped).",
-    "shipper_docker_config_invalid_total": "Container metadata that could not be read (skipped, retried).",
-    "shipper_sink_failovers_total": "Times a sink moved to another of its addresses.",
-    "shipper_sink_stalls_total": "Times a stream receiver acknowledged nothing for write_timeout_secs.",
-    "shipper_sink_resent_events_total": "Events sent again: their connection was lost before they were acknowledged.",
-    "shipper_sink_file_followed_total": "Times a file sink reopened its path (removed, moved, replaced, truncated).",
-    "shipper_sink_torn_bytes_total": "Bytes of a torn last line (left by a crash) a file sink cut at start.",
-    "shipper_task_restarts_total": "Times a long-lived task failed and was restarted.",
-    "shipper_docker_reconnects_total": "Times the Docker event stream was reconnected.",
-    "shipper_docker_api_state": "Engine API state: 0 connected, 1 unreachable, 2 client certificate refused, "
-                                "3 connecting.",
-    "shipper_docker_client_cert_refused_total": "Connections to the Engine API whose TLS peer refused shipper's "
-                                                "client certificate.",
-    "shipper_docker_event_queue_full_total": "Times discovery's event queue was full: /events reading paused, "
-                                             "then resubscribed and relisted to catch up.",
-    "shipper_docker_inspect_failures_total": "Containers that could not be inspected after retries.",
-    "shipper_reader_failures_total": "Failures of a container's log reader (each is retried with backoff).",
-    "shipper_containers_unreadable_total": "Containers whose log cannot be read, by reason (not shipped).",
+
+class UndeclaredMetric(KeyError):
+    """A metric name used without a declaration in `HELP`: a bug, meant to fail the tests that reach it."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    defaults: Mapping[str, str] = field(default_factory=dict)  # a label a call site may leave out
+    buckets: tuple[float, ...] = ()
+
+
+def counter(help: str, *labels: str, **defaults: str) -> Spec:
+    return Spec("counter", help, labels, defaults)
+
+
+def gauge(help: str, *labels: str, **defaults: str) -> Spec:
+    return Spec("gauge", help, labels, defaults)
+
+
+def histogram(help: str, *labels: str, buckets: tuple[float, ...]) -> Spec:
+    return Spec("histogram", help, labels, {}, buckets)
+
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+HELP: dict[str, Spec | str] = {
+    # --- reading ---
+    "shipper_events_read_total": counter("Events rebuilt from container logs.", "container"),
+    "shipper_entries_read_total": counter("json-file entries or API frames read.", "container"),
+    "shipper_bytes_read_total": counter("Log bytes read.", "container"),
+    "shipper_lines_invalid_total": counter("Log entries that could not be parsed, by reason (skipped).",
+                                           "container", "reason"),
+    "shipper_events_truncated_total": counter("Events cut at max_event_bytes or a sink's size limit.",
+                                              "container", "where"),
+    "shipper_json_unparsed_total": counter("Lines that looked like JSON but did not parse; shipped as text.",
+                                           "container"),
+    "shipper_log_gap_total": counter("Times log data was lost before being read (rotated away, compressed, "
+                                     "truncated).", "container", "reason"),
+    "shipper_log_gap_bytes_total": counter("Bytes of log data lost before being read: exact, or the least the "
+                                           "files prove.", "container", "reason"),
+    "shipper_log_gap_lines_total": counter("Log entries lost before being read: exact, or the least the files "
+                                           "prove.", "container", "reason"),
+    "shipper_log_gap_possible_total": counter("Times log data may have been lost before being read; the reader "
+                                              "cannot tell.", "container", "reason"),
+    "shipper_reader_failures_total": counter("Failures of a container's log reader (each is retried with "
+                                             "backoff).", "container"),
+    "shipper_containers_unreadable_total": counter("Containers whose log cannot be read, by reason (not shipped).",
+                                                   "reason"),
+    "shipper_containers": gauge("Containers being read."),
+    "shipper_container_lag_bytes": gauge("Bytes of a container's json-file log not read yet (API readers: "
+                                         "not exported).", "container"),
+    "shipper_container_lag_seconds": gauge("Now minus the time of the newest event of a container a sink "
+                                           "delivered (the slowest sink).", "container"),
+    "shipper_reading_paused": gauge("1 while reading waits because the buffer is full or the spool cannot be "
+                                    "written."),
+    "shipper_reading_pauses_total": counter("Times reading paused: the buffer was full or the spool could not "
+                                            "be written.", "reason"),
+    # --- delivery ---
+    "shipper_events_sent_total": counter("Events a sink delivered.", "sink"),
+    "shipper_events_dropped_total": counter("Events dropped, by reason.", "reason", "where"),
+    "shipper_sink_retries_total": counter("Sends that failed and were retried.", "sink"),
+    "shipper_sink_state": gauge("Sink state: 0 up, 1 retrying, 2 failing, 3 starting.", "sink"),
+    "shipper_sink_in_flight_requests": gauge("Requests a sink has sent and not yet had acknowledged.", "sink"),
+    "shipper_sink_last_success_timestamp_seconds": gauge("Unix time of a sink's last delivered request.",
+                                                         "sink"),
+    "shipper_sink_failovers_total": counter("Times a sink moved to another of its addresses.", "sink"),
+    "shipper_sink_stalls_total": counter("Times a stream receiver acknowledged nothing for write_timeout_secs.",
+                                         "sink"),
+    "shipper_sink_resent_events_total": counter("Events sent again: their connection was lost before they were "
+                                                "acknowledged.", "sink"),
+    "shipper_sink_file_followed_total": counter("Times a file sink reopened its path (removed, moved, replaced, "
+                                                "truncated).", "sink", "reason"),
+    "shipper_sink_torn_bytes_total": counter("Bytes of a torn last line (left by a crash) a file sink cut at "
+                                             "start.", "sink"),
+    # --- buffer and spool ---
+    "shipper_buffer_events": gauge("Events in the buffer."),
+    "shipper_buffer_bytes": gauge("Bytes in the buffer."),
+    "shipper_buffer_max_bytes": gauge("The buffer's limit in bytes (buffer.max_bytes)."),
+    "shipper_spool_write_errors_total": counter("Pushes the disk spool refused (disk full, I/O error); reading "
+                                                "waited."),
+    "shipper_spool_corrupt_records_total": counter("Spool records that failed their check and were skipped or "
+                                                   "cut.", "reason"),
+    "shipper_spool_corrupt_bytes_total": counter("Bytes of spool records that failed their check.", "reason"),
+    "shipper_spool_segments": gauge("Spool segment files on disk."),
+    "shipper_spool_cursor_lag_events": gauge("Events in the spool a sink has not acknowledged yet.", "sink"),
+    # --- the process ---
+    "shipper_task_restarts_total": counter("Times a long-lived task failed and was restarted.", "task"),
+    "shipper_event_loop_lag_seconds": histogram("How late the event loop woke a timer: its lag, measured every "
+                                                "0.25 s.", buckets=LATENCY_BUCKETS),
+    "shipper_build_info": gauge("Always 1; the version is a label.", "version"),
+    # --- the Docker daemon ---
+    "shipper_docker_reconnects_total": counter("Times the Docker event stream (where=events) or a log stream "
+                                               "(where=logs) was reconnected.", "where", where="events"),
+    "shipper_docker_api_state": gauge("Engine API state: 0 connected, 1 unreachable, 2 client certificate "
+                                      "refused, 3 connecting."),
+    "shipper_docker_events_invalid_total": counter("Docker events that could not be read (skipped)."),
+    "shipper_docker_config_invalid_total": counter("Container metadata that could not be read (skipped, "
+                                                   "retried)."),
+    "shipper_docker_client_cert_refused_total": counter("Connections to the Engine API whose TLS peer refused "
+                                                        "shipper's client certificate."),
+    "shipper_docker_event_queue_full_total": counter("Times discovery's event queue was full: /events reading "
+                                                     "paused, then resubscribed and relisted to catch up."),
+    "shipper_docker_inspect_failures_total": counter("Containers that could not be inspected after retries."),
+    "shipper_docker_up": gauge("1 when the Docker daemon answered its last ping, else 0."),
+    "shipper_docker_ping_seconds": histogram("Time the Docker daemon took to answer a ping.",
+                                             buckets=LATENCY_BUCKETS),
+    "shipper_docker_info": gauge("Always 1 while known; the daemon's version, API version and ID are labels.",
+                                 "version", "api_version", "daemon_id"),
+    "shipper_docker_start_time_seconds": gauge("Unix time the Docker daemon started (a change is a restart)."),
+    "shipper_docker_restarts_total": counter("Restarts of the Docker daemon seen (its ID or start time changed)."),
+    "shipper_docker_events_connected": gauge("1 while discovery's /events stream is connected."),
+    "shipper_docker_last_event_age_seconds": gauge("Seconds since discovery last received a Docker event."),
+    "shipper_docker_containers": gauge("Containers on the host by state (running, exited, paused, ...).",
+                                       "state"),
+    "shipper_docker_log_bytes": gauge("Bytes of json-file logs on disk under the data root (live and rotated)."),
+    "shipper_docker_log_fs_free_bytes": gauge("Free bytes of the filesystem that holds the json-file logs."),
+    "shipper_docker_log_fs_size_bytes": gauge("Size of the filesystem that holds the json-file logs."),
 }
 
 
+def spec_of(name: str) -> Spec:
+    """The declaration of `name`; a bare help string is read by the naming convention."""
+    try:
+        s = HELP[name]
+    except KeyError:
+        raise UndeclaredMetric(f"metric {name!r} is not declared in shipper.telemetry.metrics.HELP") from None
+    if isinstance(s, Spec):
+        return s
+    return Spec("counter" if name.endswith("_total") else "gauge", s)
+
+
 class Metrics:
-    def __init__(self) -> None:
-        self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self._gauges: dict[str, dict[Labels, float]] = defaultdict(dict)
+    def __init__(self, process: bool = False) -> None:
+        """`process`: also export the process's CPU, memory and fds (the daemon's registry)."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        if process:
+            prometheus_client.ProcessCollector(registry=self.registry)
+            prometheus_client.PlatformCollector(registry=self.registry)
+        self._families: dict[str, Counter | Gauge | Histogram] = {}
+        self._specs: dict[str, Spec] = {}
+        self._children: dict[tuple[str, Labels], object] = {}
+        self._retired: dict[str, float] = {}  # what forgotten series of a counter had counted
         self._lock = threading.Lock()
+        for name, declared in HELP.items():
+            if isinstance(declared, Spec):  # bare help strings wait for their first use to learn their labels
+                self._family(name)
+
+    # --- the call-site API ---------------------------------------------------------------------------------
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            self._counters[name][key] += value
+        child = self._children.get((name, tuple(sorted(labels.items()))))
+        if child is None:
+            child = self._child(name, labels)
+        child.inc(value)  # type: ignore[attr-defined]
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            self._gauges[name][key] = value
+        child = self._children.get((name, tuple(sorted(labels.items()))))
+        if child is None:
+            child = self._child(name, labels)
+        child.set(value)  # type: ignore[attr-defined]
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        child = self._children.get((name, tuple(sorted(labels.items()))))
+        if child is None:
+            child = self._child(name, labels)
+        child.observe(value)  # type: ignore[attr-defined]
 
     def get(self, name: str, **labels: str) -> float:
-        """The value of one series, or with no labels given the sum of every series of `name`."""
-        with self._lock:
-            series = self._counters.get(name) or self._gauges.get(name) or {}
-            if labels:
-                return series.get(tuple(sorted(labels.items())), 0)
-            return sum(series.values())
+        """The sum of the series of `name` whose labels include `labels` (no labels: every series, including
+        those of forgotten containers). A histogram gives its count of observations."""
+        total = 0.0 if labels else self._retired.get(name, 0.0)
+        for lab, value in self.series(name).items():
+            d = dict(lab)
+            if all(d.get(k) == v for k, v in labels.items()):
+                total += value
+        return total
+
+    def series(self, name: str) -> dict[Labels, float]:
+        """Every series of `name` and its value (histograms: the count of observations)."""
+        spec = self._spec(name)
+        fam = self._family(name)
+        want = name + "_count" if spec.kind == "histogram" else name
+        out: dict[Labels, float] = {}
+        for mf in fam.collect():
+            for s in mf.samples:
+                if s.name == want:
+                    out[tuple(sorted(s.labels.items()))] = s.value
+        return out
 
     def snapshot(self) -> dict[str, dict[Labels, float]]:
-        with self._lock:
-            out = {k: dict(v) for k, v in self._counters.items()}
-            out.update({k: dict(v) for k, v in self._gauges.items()})
-            return out
+        return {name: self.series(name) for name in self._families if self.series(name)}
 
     def render(self) -> str:
-        """Prometheus text exposition format."""
-        lines = []
+        """Prometheus text exposition format. Every digit is kept (1855841 is written 1.855841e+06, as Go
+        writes it); the renderer this replaced used `:g`, which cut it to 1.85584e+06."""
+        return generate_latest(self.registry).decode()
+
+    def forget_container(self, container: str) -> int:
+        """Remove every series labelled with `container` (it is gone); counters' values are kept in the
+        totals `get` gives. Returns the number of series removed."""
+        removed = 0
         with self._lock:
-            for kind, table in (("counter", self._counters), ("gauge", self._gauges)):
-                for name in sorted(table):
-                    if name in HELP:
-                        lines.append(f"# HELP {name} {HELP[name]}")
-                    lines.append(f"# TYPE {name} {kind}")
-                    for labels, value in sorted(table[name].items()):
-                        lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                        lines.append(f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}")
-        return "\n".join(lines) + "\n"
+            for name, spec in self._specs.items():
+                if CONTAINER not in spec.labels:
+                    continue
+                fam = self._families[name]
+                for lab, value in self.series(name).items():
+                    d = dict(lab)
+                    if d.get(CONTAINER) != container:
+                        continue
+                    if spec.kind == "counter":
+                        self._retired[name] = self._retired.get(name, 0.0) + value
+                    fam.remove(*(d[k] for k in spec.labels))
+                    removed += 1
+                for key in [k for k in self._children if k[0] == name and dict(k[1]).get(CONTAINER) == container]:
+                    del self._children[key]
+        return removed
 
+    def remove(self, name: str, **labels: str) -> None:
+        """Remove one series (a sink or a state that no longer exists)."""
+        spec = self._spec(name)
+        values = self._label_values(name, spec, labels)
+        with self._lock:
+            self._children.pop((name, tuple(sorted(labels.items()))), None)
+            with contextlib.suppress(KeyError):
+                self._family(name).remove(*values)
 
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    def clear(self, name: str) -> None:
+        """Remove every series of a labelled gauge (before setting a fresh set of them)."""
+        with self._lock:
+            self._family(name).clear()
+            for key in [k for k in self._children if k[0] == name]:
+                del self._children[key]
+
+    # --- declarations ----------------------------------------------------------------------------------------
+
+    def _spec(self, name: str) -> Spec:
+        spec = self._specs.get(name)
+        if spec is None:
+            self._family(name)
+            spec = self._specs[name]
+        return spec
+
+    def _family(self, name: str, labels: tuple[str, ...] = ()) -> Counter | Gauge | Histogram:
+        known = self._families.get(name)
+        if known is not None:
+            return known
+        spec = spec_of(name)
+        if labels and not spec.labels:
+            spec = Spec(spec.kind, spec.help, labels)
+        fam: Counter | Gauge | Histogram
+        if spec.kind == "counter":
+            fam = Counter(name, spec.help, spec.labels, registry=self.registry)
+        elif spec.kind == "gauge":
+            fam = Gauge(name, spec.help, spec.labels, registry=self.registry)
+        else:
+            fam = Histogram(name, spec.help, spec.labels, registry=self.registry, buckets=spec.buckets)
+        self._families[name] = fam
+        self._specs[name] = spec
+        return fam
+
+    def _label_values(self, name: str, spec: Spec, labels: Mapping[str, str]) -> list[str]:
+        extra = set(labels) - set(spec.labels)
+        if extra:
+            raise ValueError(f"metric {name!r} has no label {sorted(extra)} (declared: {list(spec.labels)})")
+        try:
+            return [str(labels[k]) if k in labels else spec.defaults[k] for k in spec.labels]
+        except KeyError as e:
+            raise ValueError(f"metric {name!r} needs label {e.args[0]!r} (declared: {list(spec.labels)})") from None
+
+    def _child(self, name: str, labels: Mapping[str, str]) -> object:
+        if name not in self._families and not isinstance(HELP.get(name), Spec):
+            self._family(name, tuple(sorted(labels)))  # a bare help string: label names from the first use
+        fam = self._family(name)
+        spec = self._specs[name]
+        values = self._label_values(name, spec, labels)
+        child = fam.labels(*values) if spec.labels else fam
+        with self._lock:
+            self._children[(name, tuple(sorted(labels.items())))] = child
+        return child

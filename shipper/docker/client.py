@@ -365,11 +365,12 @@ class DockerClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # no pool limit: every followed log stream holds a connection for as long as its container runs
             connector: aiohttp.BaseConnector
             if self.endpoint.unix_path:
-                connector = aiohttp.UnixConnector(path=self.endpoint.unix_path)
+                connector = aiohttp.UnixConnector(path=self.endpoint.unix_path, limit=0)
             else:
-                connector = aiohttp.TCPConnector(ssl=self.endpoint.ssl if self.endpoint.ssl else False)
+                connector = aiohttp.TCPConnector(ssl=self.endpoint.ssl if self.endpoint.ssl else False, limit=0)
             self._session = aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT)
         return self._session
 

@@ -336,3 +336,16 @@ async def test_closing_the_client_ends_its_open_streams(canned: Canned) -> None:
     await client.close()
     with pytest.raises(DockerUnavailable, match="client was closed"):
         await asyncio.wait_for(reader, 5)
+
+
+async def test_more_followed_streams_than_a_connection_pool_holds(canned: Canned) -> None:
+    """Each followed log stream holds one connection for as long as its container runs: a pooled client
+    (aiohttp keeps 100 by default) left the 101st container's stream, and every plain request after it,
+    waiting for a connection until its connect timeout, over and over."""
+    client, _, _ = canned
+    streams = [await asyncio.wait_for(client.open_logs("endless", follow=True), 5) for _ in range(120)]
+    try:
+        assert (await asyncio.wait_for(client.version(), 5))["ApiVersion"] == "1.43"
+    finally:
+        for s in streams:
+            s.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -38,6 +39,7 @@ from shipper.config import BufferType, Config, Discovery, ReadMode
 from shipper.docker.metadata import JSON_FILE, ContainerInfo, default_log_path, own_container_id
 from shipper.errors import ConfigError, SpoolError
 from shipper.event import Batch, Checkpoint
+from shipper.preflight import make_state_dir, may
 from shipper.sinks import sink_class
 from shipper.sinks.base import SinkContext
 from shipper.sinks.runner import SinkRunner
@@ -52,7 +54,8 @@ if TYPE_CHECKING:
     from shipper.docker.discovery import ContainerDiscovery
 
 log = logging.getLogger("shipper")
-SHUTDOWN_DRAIN_SECS = 10.0
+SHUTDOWN_DRAIN_SECS = 10.0  # readers being replaced or stopped get this long to close
+SINK_CLOSE_SECS = 10.0  # a sink's close() at shutdown (1 s after a second stop signal)
 PENDING_WARN_SECS = 30.0  # a container still waiting for its inspect after this long is reported
 GC_THRESHOLDS = (50_000, 20, 100)  # see tune_gc
 FORGET_REMOVED_AFTER_SECS = 300.0  # offsets of removed containers are kept this long, then pruned
@@ -108,6 +111,7 @@ class App:
         self.discovery: ContainerDiscovery | None = None
         self.pending: dict[str, Pending] = {}
         self._stop = asyncio.Event()
+        self._forced = asyncio.Event()  # a second stop signal: no more waiting for the sinks
         self._tasks: asyncio.TaskGroup | None = None
         self.started = asyncio.Event()
         self._spool_failing = False  # a push failed and none has succeeded since
@@ -115,14 +119,45 @@ class App:
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        if not self._stop.is_set():
-            log.info("stopping: draining buffered events, then saving offsets")
+        """The first SIGTERM/SIGINT drains for up to buffer.shutdown_drain_secs; a second stops at once (what
+        was not delivered is re-read or still in the spool at the next start), offsets saved either way."""
+        if self._stop.is_set():
+            if not self._forced.is_set():
+                log.warning("second stop signal: stopping now without waiting for the sinks; offsets are saved, "
+                            "what was not delivered is re-read (memory buffer) or still in the spool")
+            self._forced.set()
+            return
+        log.info("stopping: draining buffered events for up to %.0fs (a second signal stops at once), then "
+                 "saving offsets", self.config.buffer.shutdown_drain_secs)
         self._stop.set()
+
+    def _on_hangup(self) -> None:
+        log.warning("SIGHUP received: reloading the config is not available in this version; still running "
+                    "with the config it started with (restart shipper to apply a new one)")
+
+    async def _resolve_host_name(self) -> None:
+        """host.name, once, before anything uses it: inside a container shipper's own host name is the
+        container id, so ask the Engine API for the Docker host's name (host.name and host.name_file win)."""
+        hc = self.config.host
+        if hc.name:
+            return
+        name = hc.resolved_name
+        if not hc.name_file and self.docker is not None and (own_container_id() or os.path.exists("/.dockerenv")):
+            try:
+                async with asyncio.timeout(10):
+                    info = await self.docker._json("GET", "/info", versioned=False)  # the client has no info()
+                if isinstance(info, dict) and isinstance(info.get("Name"), str) and info["Name"]:
+                    name = info["Name"]
+            except Exception as e:  # dockerd not up yet: the container's name is better than no start
+                log.warning("cannot ask the Engine API for the host's name, host.name=%s (set host.name or "
+                            "host.name_file) error=%r", name, e)
+        self.config = dataclasses.replace(self.config, host=dataclasses.replace(hc, name=name))
 
     async def run(self) -> None:
         """Run until request_stop(); then shut down in order."""
-        os.makedirs(self.state_dir, exist_ok=True)
+        make_state_dir(self.state_dir)
         self._open_docker()
+        await self._resolve_host_name()
         tune_gc()
         self.offsets.load()
         self.buffer = await self._open_buffer()
@@ -132,6 +167,7 @@ class App:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
@@ -147,11 +183,11 @@ class App:
                 for t in background:
                     t.cancel()
                 await self._stop_readers()
-                await self._drain(SHUTDOWN_DRAIN_SECS)
+                await self._drain(self.config.buffer.shutdown_drain_secs)
                 for t in sink_tasks:
                     t.cancel()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             await self._close()
@@ -216,7 +252,8 @@ class App:
     async def _drain(self, deadline_secs: float) -> None:
         """Give the sinks until the deadline to deliver what is buffered."""
         end = time.monotonic() + deadline_secs
-        while time.monotonic() < end:
+        pending: dict[str, int] = {}
+        while time.monotonic() < end and not self._forced.is_set():
             pending = {n: r.cursor.pending() for n, r in self.runners.items() if r.cursor is not None}
             if not any(pending.values()):
                 return
@@ -227,7 +264,8 @@ class App:
     async def _close(self) -> None:
         for name, r in self.runners.items():
             try:
-                await r.sink.close()
+                async with asyncio.timeout(1.0 if self._forced.is_set() else SINK_CLOSE_SECS):
+                    await r.sink.close()
             except Exception as e:
                 log.warning("sink close failed sink=%s error=%r", name, e)
         if self.buffer is not None:
@@ -352,7 +390,7 @@ class App:
     def _json_readable(self, info: ContainerInfo, exists: bool) -> bool:
         """The json-file can be read: it is there (`exists`), or its folder is readable (created next)."""
         path = info.log_path or default_log_path(self.config.docker.data_root, info.meta.id)
-        return os.access(path, os.R_OK) or (not exists and os.access(os.path.dirname(path), os.R_OK))
+        return may(path, os.R_OK) or (not exists and may(os.path.dirname(path), os.R_OK))  # capabilities count
 
     def _choose(self, info: ContainerInfo) -> tuple[Choice, str]:
         """Which reader `info` calls for, or why none: never on a guess. A guessed json-file that is there to

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from shipper import __version__
-from shipper.config import Config, load
+from shipper.config import ENV_PREFIX, Config, config_path, load
 from shipper.errors import ConfigError
 
 log = logging.getLogger("shipper")
@@ -19,12 +20,7 @@ log = logging.getLogger("shipper")
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        import orjson
-
-        class JsonFormatter(logging.Formatter):
-            def format(self, record: logging.LogRecord) -> str:
-                return orjson.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
-                                     "logger": record.name, "message": record.getMessage()}).decode()
+        from shipper.telemetry.logs import JsonFormatter
 
         handler.setFormatter(JsonFormatter())
     else:
@@ -43,44 +39,90 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     return uvloop.run(coro)
 
 
-def _load_or_exit(path: str | None) -> Config:
+def _load_or_exit(args: argparse.Namespace | str | None) -> Config:
+    """The config from --config (or $SHIPPER_CONFIG, or stdin for '-'), the environment and --set; exit 2
+    naming the key when it is wrong."""
+    if isinstance(args, argparse.Namespace):
+        path, overrides = getattr(args, "config", None), getattr(args, "set", None) or []
+    else:
+        path, overrides = args, []
     try:
-        return load(path)
+        return load(path, overrides=overrides)
     except ConfigError as e:
         print(f"shipper: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+def _config_source(args: argparse.Namespace) -> str:
+    path = config_path(args.config)
+    where = "standard input" if str(path) == "-" else str(path) if path else "(built-in default)"
+    n_env = sum(1 for k in os.environ if k.startswith(f"{ENV_PREFIX}_") and k != "SHIPPER_CONFIG")
+    extra = [f"{n_env} {ENV_PREFIX}_* variables"] if n_env else []
+    extra += [f"{len(args.set)} --set"] if getattr(args, "set", None) else []
+    return where + (f" + {' + '.join(extra)}" if extra else "")
+
+
+def _preflight_or_exit(cfg: Config, verb: str) -> None:
+    """What would stop `run` at start: every problem said, naming its key, then exit 2."""
+    from shipper.preflight import preflight
+
+    problems = preflight(cfg)
+    for e in problems:
+        print(f"shipper: {verb}config error: {e}", file=sys.stderr)
+    if problems:
+        raise SystemExit(2)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.config)
+    cfg = _load_or_exit(args)
     setup_logging(args.log_level or cfg.telemetry.log_level, cfg.telemetry.log_format)
+    _preflight_or_exit(cfg, "cannot start: ")
     from shipper.app import App
 
-    app = App(cfg)
-    for name, sc in cfg.sinks.items():
-        where = f" writing to {getattr(sc, 'path', '') or app.state_dir / 'events.jsonl'}" if sc.type == "file" else ""
-        log.info("sink %s type=%s%s", name, sc.type, where)
-    source = cfg.docker.resolved_host() if cfg.docker.discovery.value == "api" else cfg.docker.data_root
-    log.info("shipper %s starting: docker=%s discovery=%s read=%s state=%s buffer=%s", __version__, source,
-             cfg.docker.discovery.value, cfg.docker.read.value, app.state_dir, cfg.buffer.type.value)
-    run_async(app.run())
+    try:
+        app = App(cfg)
+        for name, sc in cfg.sinks.items():
+            where = (f" writing to {getattr(sc, 'path', '') or app.state_dir / 'events.jsonl'}"
+                     if sc.type == "file" else "")
+            log.info("sink %s type=%s%s", name, sc.type, where)
+        source = cfg.docker.resolved_host() if cfg.docker.discovery.value == "api" else cfg.docker.data_root
+        log.info("shipper %s starting: docker=%s discovery=%s read=%s state=%s buffer=%s", __version__, source,
+                 cfg.docker.discovery.value, cfg.docker.read.value, app.state_dir, cfg.buffer.type.value)
+        run_async(app.run())
+    except ConfigError as e:  # found at start, after the checks above (a file removed since): no traceback
+        print(f"shipper: cannot start: config error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0: the config is good (and with --connect every target answered); 1: a target failed; 2: the
+    config is wrong, with every problem `run` would stop at, naming its key."""
     if args.explain:
         from shipper.config import explain
 
         print(explain())
         return 0
-    cfg = _load_or_exit(args.config)
+    cfg = _load_or_exit(args)
+    if args.print:
+        from shipper.config import print_config
+
+        print(print_config(cfg))
+    _preflight_or_exit(cfg, "")
     sinks = ", ".join(f"{n} ({s.type})" for n, s in cfg.sinks.items())
-    print(f"config ok: {args.config or '(built-in default)'}; sinks: {sinks}")
-    return 0
+    print(f"config ok: {_config_source(args)}; sinks: {sinks}", file=sys.stderr if args.print else sys.stdout)
+    if not args.connect:
+        return 0
+    from shipper.preflight import connect
+
+    verdicts = run_async(connect(cfg))
+    for v in verdicts:
+        print(v.line())
+    return 0 if all(v.ok for v in verdicts) else 1
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.config)
+    cfg = _load_or_exit(args)
     setup_logging(args.log_level or "warning", cfg.telemetry.log_format)
     from shipper.replay import ReplayError, ReplaySummary, parse_time, replay
 
@@ -119,6 +161,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if summary.failed_events else 0
 
 
+
 _TIME_OPTIONS = ("--since", "--until")
 
 
@@ -142,23 +185,40 @@ def _glue_negative_times(argv: Sequence[str]) -> list[str]:
     return out
 
 
+CONFIG_HELP = ("TOML config file; '-' reads standard input (default: $SHIPPER_CONFIG, else local Docker to a "
+               "local JSON-lines file)")
+SET_HELP = ("set one key over the file and the environment, typed like the file: --set buffer.max_bytes=1GiB "
+            "--set sinks.out.type=stdout (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shipper", description="Ships Docker container logs; loses nothing.")
     p.add_argument("--version", action="version", version=f"shipper {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run the daemon in the foreground")
-    r.add_argument("--config", "-c", help="TOML config file (default: local Docker to a local JSON-lines file)")
-    r.add_argument("--log-level", help="override telemetry.log_level")
+    p.add_argument("--config", "-c", help=CONFIG_HELP)
+    p.add_argument("--set", "-E", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    common = argparse.ArgumentParser(add_help=False)  # the same flags after the command; SUPPRESS keeps the
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=CONFIG_HELP)  # ones given before
+    common.add_argument("--set", "-E", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
+                        help=SET_HELP)
+
+    r = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="override telemetry.log_level")
     r.set_defaults(func=cmd_run)
 
-    c = sub.add_parser("check", help="validate a config file; exit 2 naming the bad key")
-    c.add_argument("--config", "-c", help="TOML config file")
-    c.add_argument("--explain", action="store_true", help="list every config key with its default and meaning")
+    c = sub.add_parser("check", parents=[common],
+                       help="validate a config as `run` would start with it; exit 2 naming the bad key")
+    c.add_argument("--explain", action="store_true",
+                   help="every config key with its default, meaning and environment variable, as TOML")
+    c.add_argument("--print", action="store_true",
+                   help="print the effective config (file, environment, --set) as TOML, secrets masked")
+    c.add_argument("--connect", action="store_true",
+                   help="also reach Docker and start every sink once; a verdict each (exit 1 if one fails)")
     c.set_defaults(func=cmd_check)
 
-    rp = sub.add_parser("replay", help="send retained spool events to a sink again")
-    rp.add_argument("--config", "-c", help="TOML config file (the daemon's: it names the spool and the sinks)")
+    rp = sub.add_parser("replay", parents=[common], help="send retained spool events to a sink again")
     rp.add_argument("--sink", required=True, help="the [sinks.NAME] to send to")
     rp.add_argument("--since", help="from this time: RFC 3339 or relative, meaning ago (30s, 10m, 2h, 1d; "
                                     "-10m is the same as 10m)")
@@ -169,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="attempts to start the sink, and to send each request, before replay stops (exit 1)")
     rp.add_argument("--log-level", help="shipper's own log level (default warning)")
     rp.set_defaults(func=cmd_replay)
+
     return p
 
 

@@ -14,14 +14,30 @@ import enum
 import os
 import re
 import socket
+import sys
 import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shipper.errors import ConfigError
-from shipper.schema import build, describe, doc, expand_env
+from shipper.schema import (
+    EnvText,
+    build,
+    doc,
+    env_keys,
+    env_overlay,
+    expand_env,
+    explain_table,
+    named_variables,
+    set_overlay,
+    set_path,
+    to_toml_table,
+    toml_key,
+    toml_value,
+)
 from shipper.sinks import SINKS, sink_config_class
 from shipper.sinks.base import SinkBase
 
@@ -58,10 +74,12 @@ class DockerConfig:
                                               "(scan data_root, no socket needed)")
     read: ReadMode = doc(ReadMode.AUTO, "how logs are read: 'files' (json-file on disk), 'api' (log stream), "
                                         "'auto' (files when readable, else the API)")
-    scan_interval_secs: float = doc(1.0, "how often discovery='files' rescans data_root")
-    poll_interval_secs: float = doc(0.25, "longest wait before an idle log file is checked again")
+    scan_interval_secs: float = doc(1.0, "how often discovery='files' rescans data_root", low=0.05, high=3600)
+    poll_interval_secs: float = doc(0.25, "longest wait before an idle log file is checked again", low=0.01,
+                                    high=60)
     start_at: StartAt = doc(StartAt.BEGINNING, "where to start a log never read before: 'beginning' or 'end'")
-    reconnect_max_secs: float = doc(30.0, "longest backoff between attempts to reach a lost Engine API")
+    reconnect_max_secs: float = doc(30.0, "longest backoff between attempts to reach a lost Engine API",
+                                    low=0.1, high=3600)
 
     def resolved_host(self) -> str:
         return self.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
@@ -82,19 +100,37 @@ class DockerConfig:
         host = self.resolved_host()
         if not host.startswith(("unix://", "tcp://", "http://", "https://")):
             raise ConfigError(f"{key}.host", f"must start with unix:// or tcp://, got {host!r}")
+        where = f"{key}.host" if self.host else "DOCKER_HOST"
+        if host.startswith("unix://") and not host[len("unix://"):]:
+            raise ConfigError(where, "unix:// needs a socket path")
+        if not host.startswith("unix://"):
+            u = urlsplit(host)
+            try:
+                u.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+            except ValueError:
+                raise ConfigError(where, f"{host!r}: the port must be a number from 1 to 65535") from None
+            if not u.hostname:
+                raise ConfigError(where, f"{host!r} names no host (tcp://host:port)")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError(f"{key}.tls_key", "tls_cert and tls_key go together")
 
 
+SYSTEM_STATE_DIR = "/var/lib/shipper"
+
+
 def default_state_dir() -> str:
-    return "/var/lib/shipper" if os.geteuid() == 0 else os.path.abspath("shipper-state")
+    """/var/lib/shipper as root or when this user may write it (the container image's user owns it), else
+    ./shipper-state."""
+    if os.geteuid() == 0 or os.access(SYSTEM_STATE_DIR, os.W_OK | os.X_OK):
+        return SYSTEM_STATE_DIR
+    return os.path.abspath("shipper-state")
 
 
 @dataclass(frozen=True)
 class StateConfig:
-    dir: str = doc("", "where offsets and the spool live (default /var/lib/shipper, or ./shipper-state "
-                       "when not root)")
-    flush_interval_secs: float = doc(1.0, "how often read offsets are saved to disk")
+    dir: str = doc("", "where offsets and the spool live (default /var/lib/shipper when root or when it "
+                       "is writable, else ./shipper-state)")
+    flush_interval_secs: float = doc(1.0, "how often read offsets are saved to disk", low=0.05, high=3600)
 
     @property
     def path(self) -> Path:
@@ -103,9 +139,10 @@ class StateConfig:
 
 @dataclass(frozen=True)
 class InputConfig:
-    max_event_bytes: int = doc(1024 * 1024, "longest event message; longer ones are truncated and flagged")
-    read_chunk_bytes: int = doc(256 * 1024, "bytes read from a log file at a time")
-    batch_max_events: int = doc(2048, "most events in one batch between stages")
+    max_event_bytes: int = doc(1024 * 1024, "longest event message; longer ones are truncated and flagged",
+                               low=1024, high=256 * 1024 * 1024)
+    read_chunk_bytes: int = doc(256 * 1024, "bytes read from a log file at a time", low=4096, high=64 * 1024 * 1024)
+    batch_max_events: int = doc(2048, "most events in one batch between stages", low=1, high=1_000_000)
 
     def validate(self, key: str) -> None:
         if self.max_event_bytes < 1024:
@@ -126,8 +163,9 @@ class MultilineMode(enum.Enum):
 class MultilineConfig:
     mode: MultilineMode = doc(MultilineMode.AUTO, "'auto' (Java/Python/Go stack traces), 'pattern' or 'off'")
     start_pattern: str = doc("", "with mode='pattern': a regex; a line that matches starts a new event")
-    flush_timeout_secs: float = doc(1.0, "an open multi-line event is shipped after this long with no new line")
-    max_lines: int = doc(1000, "most lines merged into one event")
+    flush_timeout_secs: float = doc(1.0, "an open multi-line event is shipped after this long with no new line",
+                                    low=0.01, high=3600)
+    max_lines: int = doc(1000, "most lines merged into one event", low=1, high=1_000_000)
 
     def validate(self, key: str) -> None:
         if self.mode is MultilineMode.PATTERN:
@@ -165,11 +203,25 @@ class SelectConfig:
 
 @dataclass(frozen=True)
 class HostConfig:
-    name: str = doc("", "host.name on every event (default: this machine's host name)")
+    name: str = doc("", "host.name on every event (default: name_file when set; in a container, the Docker "
+                        "host's name from the Engine API; else this machine's host name)")
+    name_file: str = doc("", "read host.name from this file, e.g. the host's /etc/hostname mounted into "
+                             "shipper's container (for discovery = 'files', which has no Engine API to ask)")
 
     @property
     def resolved_name(self) -> str:
-        return self.name or socket.gethostname()
+        if self.name:
+            return self.name
+        if self.name_file:
+            try:
+                with open(self.name_file, encoding="utf-8") as f:
+                    name = f.read().strip()
+            except OSError as e:
+                raise ConfigError("host.name_file", f"cannot read {self.name_file}: {e.strerror or e}") from None
+            if not name:
+                raise ConfigError("host.name_file", f"{self.name_file} is empty")
+            return name
+        return socket.gethostname()
 
 
 class WhenFull(enum.Enum):
@@ -192,23 +244,37 @@ class FsyncPolicy(enum.Enum):
 @dataclass(frozen=True)
 class BufferConfig:
     type: BufferType = doc(BufferType.MEMORY, "'memory' (bounded, lost on crash) or 'disk' (durable spool)")
-    max_bytes: int = doc(256 * 1024 * 1024, "most bytes buffered (memory: estimated; disk: on disk)")
-    max_events: int = doc(200_000, "memory buffer: most events held")
+    max_bytes: int = doc(256 * 1024 * 1024, "most bytes buffered (memory: estimated; disk: on disk)",
+                         low=64 * 1024, high=2**50)
+    max_events: int = doc(200_000, "memory buffer: most events held", low=1, high=100_000_000)
     when_full: WhenFull = doc(WhenFull.BLOCK, "'block' (readers wait; Docker keeps the logs), "
                                               "'drop_oldest' or 'drop_newest'")
     fsync: FsyncPolicy = doc(FsyncPolicy.INTERVAL, "disk: 'always', 'interval' or 'never'")
-    fsync_interval_secs: float = doc(1.0, "disk: with fsync='interval', longest time between fsyncs")
-    segment_bytes: int = doc(64 * 1024 * 1024, "disk: size at which a spool segment is closed")
+    fsync_interval_secs: float = doc(1.0, "disk: with fsync='interval', longest time between fsyncs",
+                                     low=0.01, high=3600)
+    segment_bytes: int = doc(64 * 1024 * 1024, "disk: size at which a spool segment is closed", low=1024,
+                             high=2**32)
     compression: bool = doc(False, "disk: compress records (zlib)")
     retention_secs: float = doc(0.0, "disk: keep delivered events this long for replay (0: delete at once)")
     retention_bytes: int = doc(0, "disk: keep at most this many bytes of delivered events for replay")
+    shutdown_drain_secs: float = doc(10.0, "at a stop, longest wait for the sinks to deliver what is buffered "
+                                           "(a second SIGTERM or Ctrl-C cuts it short); then offsets are saved",
+                                     high=3600)
+
+
+LogLevel = typing.Literal["debug", "info", "warning", "error"]
 
 
 @dataclass(frozen=True)
 class TelemetryConfig:
-    log_level: str = doc("info", "shipper's own log level: debug, info, warning, error")
+    log_level: LogLevel = doc("info", "shipper's own log level: 'debug', 'info', 'warning' or 'error'")
     log_format: typing.Literal["text", "json"] = doc("text", "shipper's own log lines: 'text' or 'json'")
-    stats_interval_secs: float = doc(60.0, "how often a one-line summary of the counters is logged (0: never)")
+    stats_interval_secs: float = doc(60.0, "how often a one-line summary of the counters is logged (0: never)",
+                                     high=86400)
+
+    def validate(self, key: str) -> None:
+        if 0 < self.stats_interval_secs < 0.1:
+            raise ConfigError(f"{key}.stats_interval_secs", "must be 0 (never) or at least 0.1")
 
 
 @dataclass(frozen=True)
@@ -230,13 +296,80 @@ class Config:
                 object.__setattr__(self, f.name, typing.get_type_hints(Config)[f.name]())
 
 
-def load_dict(data: dict[str, Any], env: typing.Mapping[str, str] | None = None) -> Config:
-    """Validate a parsed TOML tree; sink sections are checked against their own sink's Config."""
+ENV_PREFIX = "SHIPPER"  # SHIPPER_<SECTION>_<KEY>, SHIPPER_SINKS_<NAME>_<KEY>
+CONFIG_ENV = "SHIPPER_CONFIG"  # names the config file when --config is not given
+SINKS_ENV = f"{ENV_PREFIX}_SINKS_"
+DEFAULT_SINKS = {"file": {"type": "file"}}
+
+
+def _creates_sinks(env: typing.Mapping[str, str], overrides: typing.Sequence[str]) -> bool:
+    return any(k.startswith(SINKS_ENV) and k.endswith("_TYPE") for k in env) or any(
+        o.partition("=")[0].strip().startswith("sinks.") and o.partition("=")[0].strip().endswith(".type")
+        for o in overrides)
+
+
+def _sink_env(sinks: dict[str, Any], env: typing.Mapping[str, str]) -> None:
+    """SHIPPER_SINKS_<NAME>_<KEY> over the [sinks.NAME] tables. `_TYPE` creates the sink when the file has
+    none of that name (named in lower case). A name may hold underscores: the longest sink name that leaves
+    a key of that sink's Config wins, so any sink's keys work without the sink declaring anything."""
+    names = {n.upper(): n for n in sinks}
+    ours = sorted(k for k in env if k.startswith(SINKS_ENV))
+    for var in ours:
+        if var.endswith("_TYPE") and len(var) > len(SINKS_ENV) + len("_TYPE"):
+            up = var[len(SINKS_ENV):-len("_TYPE")]
+            name = names.setdefault(up, up.lower())
+            table = sinks.setdefault(name, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"sinks.{name}", "must be a table")
+            table["type"] = EnvText(env[var], var)
+    for var in ours:
+        rest = var[len(SINKS_ENV):]
+        candidates = sorted((up for up in names if rest.startswith(up + "_")), key=len, reverse=True)
+        for up in candidates:
+            name = names[up]
+            table = sinks[name]
+            if not isinstance(table, dict):
+                raise ConfigError(f"sinks.{name}", "must be a table")
+            kind = table.get("type")
+            if not isinstance(kind, str):
+                raise ConfigError(f"sinks.{name}.type", f"is required (set {SINKS_ENV}{up}_TYPE)")
+            keys = env_keys(sink_config_class(str(kind), f"sinks.{name}.type"), "")
+            path = keys.get(rest[len(up) + 1:])
+            if path is not None:
+                set_path(table, path, EnvText(env[var], var))
+                break
+        else:
+            if candidates:
+                name = names[candidates[0]]
+                kind = sinks[name].get("type")
+                known = ", ".join(sorted(f"{SINKS_ENV}{candidates[0]}_{k}" for k in
+                                         env_keys(sink_config_class(str(kind)), "")))
+                raise ConfigError(var, f"sink {name} (type {kind}) has no such key (known: {known})")
+            raise ConfigError(var, f"names no sink: set {SINKS_ENV}<NAME>_TYPE to create one (sinks so far: "
+                                   f"{', '.join(sorted(sinks)) or 'none'})")
+
+
+def load_dict(data: dict[str, Any], env: typing.Mapping[str, str] | None = None,
+              overrides: typing.Sequence[str] = ()) -> Config:
+    """Validate a parsed TOML tree with the environment (`SHIPPER_<SECTION>_<KEY>`, `SHIPPER_SINKS_<NAME>_<KEY>`)
+    and `--set section.key=value` over it, in that order; sinks are checked against their own sink's Config.
+    `env` defaults to the process environment ({} for none)."""
+    env = os.environ if env is None else env
     data = expand_env(data, env=env)
+    named = named_variables(data) | named_variables({k.lower(): v for k, v in env.items()})  # *_env values
+    env_overlay(data, Config, env, ENV_PREFIX, skip=("sinks",), ignore=named)
+    sinks_raw = data.get("sinks")
+    if sinks_raw is None and not _creates_sinks(env, overrides):
+        sinks_raw = data["sinks"] = {n: dict(t) for n, t in DEFAULT_SINKS.items()}
+    if any(k.startswith(SINKS_ENV) for k in env):
+        if sinks_raw is None:
+            sinks_raw = data["sinks"] = {}
+        if not isinstance(sinks_raw, dict):
+            raise ConfigError("sinks", "needs at least one [sinks.NAME] table")
+        _sink_env(sinks_raw, {k: v for k, v in env.items() if k not in named})
+    set_overlay(data, overrides)
     sinks_raw = data.pop("sinks", None)
     cfg = build(Config, data)
-    if sinks_raw is None:
-        sinks_raw = {"file": {"type": "file"}}
     if not isinstance(sinks_raw, dict) or not sinks_raw:
         raise ConfigError("sinks", "needs at least one [sinks.NAME] table")
     sinks: dict[str, SinkBase] = {}
@@ -247,39 +380,78 @@ def load_dict(data: dict[str, Any], env: typing.Mapping[str, str] | None = None)
         kind = table.get("type")
         if not isinstance(kind, str):
             raise ConfigError(f"{key}.type", "is required (file, stdout, null, syslog, ...)")
-        sinks[name] = build(sink_config_class(kind, f"{key}.type"), table, key)
+        sinks[name] = build(sink_config_class(str(kind), f"{key}.type"), table, key)
     object.__setattr__(cfg, "sinks", sinks)
     return cfg
 
 
-def load(path: str | os.PathLike[str] | None, env: typing.Mapping[str, str] | None = None) -> Config:
-    """Load a TOML config file; None gives the working default (local Docker to a local file)."""
+def config_path(path: str | os.PathLike[str] | None, env: typing.Mapping[str, str] | None = None
+                ) -> str | os.PathLike[str] | None:
+    """The file to read: `path`, else $SHIPPER_CONFIG, else None (the built-in default); '-' is stdin."""
+    env = os.environ if env is None else env
+    return path if path is not None else (env.get(CONFIG_ENV) or None)
+
+
+def load(path: str | os.PathLike[str] | None, env: typing.Mapping[str, str] | None = None,
+         overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a TOML config file ('-': standard input; None: $SHIPPER_CONFIG, else none), then the environment
+    and `overrides` over it; no file and no environment give the working default (local Docker to a local
+    file)."""
+    path = config_path(path, env)
     if path is None:
-        return load_dict({}, env)
+        return load_dict({}, env, overrides)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        if str(path) == "-":
+            data = tomllib.loads(sys.stdin.read())
+        else:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError("", f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("", f"{path}: not valid TOML: {e}") from None
-    return load_dict(data, env)
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"{'standard input' if str(path) == '-' else path}: not valid TOML: {e}") from None
+    return load_dict(data, env, overrides)
+
+
+def _section_classes() -> list[tuple[str, type, str]]:
+    hints = typing.get_type_hints(Config)
+    return [(f.name, hints[f.name], f.metadata.get("doc", "")) for f in dataclasses.fields(Config)
+            if f.name != "sinks"]
 
 
 def explain() -> str:
-    """Every key of every section and sink type, with its default and meaning."""
-    out = []
-    for f in dataclasses.fields(Config):
-        if f.name == "sinks":
-            continue
-        out.append(f"[{f.name}]  # {f.metadata.get('doc', '')}")
-        out += [f"  {k} = {d}  # {t}" for k, d, t in describe(typing.get_type_hints(Config)[f.name])]
+    """Every key of every section and sink type, with its default, meaning and environment variable, as TOML
+    that loads (sink tables are named after their type)."""
+    out = ["# shipper: every key with its default. Each key can also be set by the environment variable named",
+           "# beside it (typed like the file: numbers, sizes such as 64MiB, durations such as 30s, true/false,",
+           "# lists as a,b,c or a TOML array) or by --set section.key=value: the file, then the environment,",
+           "# then --set. SHIPPER_CONFIG names the file. A sink is created by SHIPPER_SINKS_<NAME>_TYPE.", ""]
+    for name, cls, text in _section_classes():
+        out.append(f"# {text}")
+        out += explain_table(cls, name, f"{ENV_PREFIX}_{name.upper()}")
+        out.append("")
     for kind in SINKS:
         try:
             cls = sink_config_class(kind)
         except ConfigError as e:
-            out.append(f"[sinks.NAME] type = {kind!r}  # unavailable: {e.message}")
+            out += [f"# [sinks.{kind}]: unavailable: {e.message}", ""]
             continue
-        out.append(f"[sinks.NAME] type = {kind!r}")
-        out += [f"  {k} = {d}  # {t}" for k, d, t in describe(cls) if k != "type"]
+        out += explain_table(cls, f"sinks.{kind}", f"{SINKS_ENV}<NAME>", values={"type": toml_value(kind)})
+        out.append("")
+    return "\n".join(out)
+
+
+def print_config(cfg: Config) -> str:
+    """The effective config (file, environment and --set applied) as TOML, secrets masked."""
+    out: list[str] = []
+    resolved = {"state": dataclasses.replace(cfg.state, dir=str(cfg.state.path)),  # the defaults, spelled out
+                "docker": dataclasses.replace(cfg.docker, host=cfg.docker.resolved_host())}
+    for name, _, _ in _section_classes():
+        out += to_toml_table(resolved.get(name, getattr(cfg, name)), name)
+        out.append("")
+    for name, sc in cfg.sinks.items():
+        out += to_toml_table(sc, f"sinks.{toml_key(name)}")
+        out.append("")
     return "\n".join(out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import grp
 import logging
 import os
 import re
@@ -45,8 +46,10 @@ class FileConfig(SinkBase):
     max_bytes: int = doc(100 * 1024 * 1024, "rotate when the file would grow past this (0: never)")
     max_files: int = doc(5, "rotated files kept beside the live one")
     fsync: bool = doc(False, "fsync after every batch")
-    mode: str = doc("0600", "permissions of the files the sink creates, octal (the umask can only remove "
-                            "bits); never world-writable")
+    mode: str = doc("0600", "permissions of the files the sink creates, octal, applied as written (the umask "
+                            "does not remove bits); never world-writable")
+    group: str = doc("", "group of the files the sink creates, a name or a number (empty: the process's); with "
+                         "mode = \"0640\" that group may read them")
 
     def validate(self, key: str) -> None:
         super().validate(key)
@@ -62,6 +65,18 @@ class FileConfig(SinkBase):
                                              "events (use 0600 or 0640)")
         if mode & 0o600 != 0o600:
             raise ConfigError(f"{key}.mode", f"{self.mode} must let the owner read and write the file")
+        if self.group:
+            try:
+                group_id(self.group)
+            except (KeyError, ValueError):
+                raise ConfigError(f"{key}.group", f"no such group on this host: {self.group!r}") from None
+
+
+def group_id(group: str) -> int:
+    """A group name or number -> its id; KeyError when there is no such group."""
+    if group.isdigit():
+        return int(group)
+    return grp.getgrnam(group).gr_gid
 
 
 def _path_followed(m: Metrics, sink: str, path: str, reason: str) -> None:
@@ -107,6 +122,7 @@ class FileSink(Sink):
         self.path = config.path or str(context.state_dir / "events.jsonl")
         self.encoder = JsonLinesEncoder()
         self._mode = parse_mode(config.mode)
+        self._gid = group_id(config.group) if config.group else -1
         self._file: _OpenFile | None = None
         self._size = 0  # of the open file, as far as we wrote it or last saw it
         self._lock = asyncio.Lock()
@@ -123,9 +139,19 @@ class FileSink(Sink):
     def _open(self) -> None:
         """Open (creating it with `mode`) the file at `path` for appending, closing the one open before."""
         self._close_file()
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        folder_mode = 0o700 | (0o050 if self._mode & 0o040 else 0)  # a group that may read the files may enter
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=folder_mode, exist_ok=True)
+        existed = os.path.lexists(self.path)
         f = _OpenFile(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._mode))
         self._file = f
+        if not existed and f.regular:  # ours: the mode as configured whatever the umask, and the group
+            try:
+                if self._gid >= 0 and os.fstat(f.fd).st_gid != self._gid:  # a setgid folder may have done it
+                    os.fchown(f.fd, -1, self._gid)
+                os.fchmod(f.fd, self._mode)
+            except OSError:
+                self._close_file()
+                raise
         self._size = os.fstat(f.fd).st_size if f.regular else 0
         if f.regular:
             self._cut_torn_line(f)

@@ -114,7 +114,7 @@ class OffsetStore:
     def write(self, snap: tuple[int, bytes]) -> bool:
         """Write a snapshot (from any thread); False (logged, retried at the next flush) when the disk refuses."""
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._file.write(snap[1], True, snap[0])
         except OSError as e:
             if not self._failing:  # once per outage: a full disk must not flood the log

@@ -47,8 +47,9 @@ class Recovery(SegmentIndex):
 
     def _recover(self) -> None:
         seg_dir = fmt.segment_dir(self.directory)
-        seg_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        for d in (self.directory, seg_dir):  # events: owner only, as Docker's own logs (parents=True would not)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

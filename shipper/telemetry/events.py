@@ -5,6 +5,7 @@ and updates its metric together, so no drop or failure is counted without being 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -212,3 +213,26 @@ def container_unreadable(m: Metrics, container: str, reason: str, detail: str) -
         log.warning("cannot read container's log container=%s reason=%s: %s (counted in "
                     "shipper_containers_unreadable_total; logged once per container and reason)",
                     container, reason, detail)
+
+
+def docker_daemon_up(m: Metrics, up: bool, error: str, first: bool) -> None:
+    """The Docker daemon's ping changed: answering, or not (said on every change, once each way)."""
+    m.set("shipper_docker_up", int(up))
+    if up:
+        log.log(logging.DEBUG if first else logging.WARNING, "Docker daemon answering again" if not first
+                else "Docker daemon answering")
+    else:
+        log.error("Docker daemon not answering its ping error=%s (shipper_docker_up=0; readers of json-files go "
+                  "on, discovery reconnects)", error)
+
+
+def docker_restarted(m: Metrics, old_start: float, new_start: float, old_id: str, new_id: str, version: str) -> None:
+    """dockerd restarted under shipper: its start time (or its ID) changed between two looks."""
+    m.inc("shipper_docker_restarts_total")
+    log.warning("Docker daemon restarted started_before=%s started_now=%s id_changed=%s version=%s (counted in "
+                "shipper_docker_restarts_total; containers it restarted are followed again)",
+                _utc(old_start), _utc(new_start), old_id != new_id, version)
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"

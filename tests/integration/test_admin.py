@@ -1,0 +1,87 @@
+"""The admin server of a real daemon while real containers log: /metrics read by prometheus_client's parser
+matches what arrived in the sink and what the json-files hold, /status says the same, `shipper status` shows
+it in the terminal (and says so when the daemon is not running)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.admin_support import AdminShipper, by_label
+
+pytestmark = pytest.mark.docker
+
+LINES = 400
+SCRIPT = f"i=1; while [ $i -le {LINES} ]; do echo \"line $i\"; i=$((i+1)); usleep 4000; done"
+
+
+def test_metrics_match_what_arrived(tmp_path: Path, run_container: Any) -> None:
+    d = AdminShipper(tmp_path).start()
+    d.wait_admin()
+    containers = [run_container(["sh", "-c", SCRIPT], labels=d.labels) for _ in range(3)]
+    names = {c.name for c in containers}
+    # while they log: counters only grow, and nothing is sent that was not read
+    seen: list[float] = []
+    for _ in range(6):
+        m = d.metrics()
+        read, sent = sum(by_label(m, "shipper_events_read_total", "container").values()), \
+            m.get(("shipper_events_sent_total", (("sink", "out"),)), 0.0)
+        assert sent <= read
+        seen.append(read)
+        time.sleep(0.3)
+    assert seen == sorted(seen) and seen[-1] > 0
+    evs = d.wait_for(lambda e: len(e) >= 3 * LINES, timeout=90)
+    for c in containers:
+        c.wait(timeout=60)
+    time.sleep(1.0)  # one more read round after the last line
+    m = d.metrics()
+    arrived = [e for e in d.events() if e["container"]["name"] in names]
+    assert len(arrived) == len(evs) == 3 * LINES
+    assert m[("shipper_events_sent_total", (("sink", "out"),))] == 3 * LINES
+    read = by_label(m, "shipper_events_read_total", "container")
+    entries = by_label(m, "shipper_entries_read_total", "container")
+    nbytes = by_label(m, "shipper_bytes_read_total", "container")
+    for c in containers:
+        c.reload()
+        assert read[c.name] == LINES and entries[c.name] == LINES
+        assert nbytes[c.name] == os.path.getsize(c.attrs["LogPath"])  # every byte of the json-file, once
+        assert m[("shipper_container_lag_bytes", (("container", c.name),))] == 0
+    assert m[("shipper_containers", ())] >= 0
+    assert m[("shipper_sink_state", (("sink", "out"),))] == 0
+    assert m[("shipper_docker_up", ())] == 1
+    assert ("process_resident_memory_bytes", ()) in m and ("process_open_fds", ()) in m
+    assert sum(by_label(m, "shipper_events_dropped_total", "reason").values()) == 0
+
+    st = d.status()
+    assert st["healthy"] is True and st["problems"] == []
+    sink = st["sinks"]["out"]
+    assert sink["state"] == "up" and sink["pending_events"] == 0 and sink["sent_events"] == 3 * LINES
+    assert sink["last_success"] and sink["type"] == "file"
+    rows = {c["name"]: c for c in st["containers"]}
+    for name in names:  # a container that exited is still followed until it is removed
+        assert rows[name]["reader"] == "json-file" and rows[name]["bytes_behind"] == 0
+        assert rows[name]["seconds_behind"] == 0
+    assert st["docker"]["up"] is True and st["docker"]["version"] and st["docker"]["api_version"]
+    assert st["docker"]["events_connected"] is True and st["docker"]["ping_ms"] > 0
+    d.until(lambda: len(d.status()["history"]["in"]) >= 2, 10, "two samples of history")
+
+    code, health = d.health()
+    assert code == 200 and health == {"healthy": True, "problems": []}
+
+    # the terminal view of the same daemon
+    out = d.cli("status")
+    assert out.returncode == 0, out.stderr
+    assert "healthy" in out.stdout and "\x1b[" not in out.stdout  # not a terminal: no colours
+    for name in names:
+        assert name in out.stdout
+    assert "out   file  up" in out.stdout
+    js = d.cli("status", "--json")
+    assert js.returncode == 0 and '"sinks"' in js.stdout
+
+    assert d.stop() == 0
+    gone = d.cli("status")
+    assert gone.returncode == 3 and "not running" in gone.stdout

@@ -47,11 +47,16 @@ from shipper.sources.base import LogSource, SourceContext
 from shipper.sources.offsets import OffsetStore
 from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
+from shipper.telemetry.status import Status
 from shipper.transforms.select import Selector
 
 if TYPE_CHECKING:
     from shipper.docker.client import DockerClient, Endpoint
     from shipper.docker.discovery import ContainerDiscovery
+    from shipper.docker.watch import DockerWatch
+    from shipper.sinks.base import Request
+    from shipper.sinks.runner import Delivery
+    from shipper.telemetry.admin import AdminServer
 
 log = logging.getLogger("shipper")
 SHUTDOWN_DRAIN_SECS = 10.0  # readers being replaced or stopped get this long to close
@@ -94,7 +99,7 @@ Choice = Literal["files", "api", "wait", "none"]
 @dataclass
 class App:
     config: Config
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics = field(default_factory=lambda: Metrics(process=True))
 
     def __post_init__(self) -> None:
         self.state_dir = self.config.state.path
@@ -115,6 +120,11 @@ class App:
         self._tasks: asyncio.TaskGroup | None = None
         self.started = asyncio.Event()
         self._spool_failing = False  # a push failed and none has succeeded since
+        self.ops = Status(self)  # what /status, /health and the page say
+        self.admin: AdminServer | None = None
+        self.docker_watch: DockerWatch | None = None
+        self.last_change = 0.0  # monotonic time discovery last reported a container change
+        self._gone_labels: dict[str, str] = {}  # id of a removed container -> its metric label
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -178,6 +188,12 @@ class App:
                                              name="offsets")]
                 if self.config.telemetry.stats_interval_secs > 0:
                     background.append(tg.create_task(self._supervised("stats", self._log_stats), name="stats"))
+                background.append(tg.create_task(self._supervised("status", self.ops.run), name="status"))
+                watch = self._make_docker_watch()
+                if watch is not None:
+                    background.append(tg.create_task(self._supervised("docker-watch", watch.run),
+                                                     name="docker-watch"))
+                await self._start_admin()
                 self.started.set()
                 await self._stop.wait()
                 for t in background:
@@ -214,7 +230,9 @@ class App:
         backoff = Backoff(0.5, 30.0, floor=0.1)  # every try writes: a floor keeps a full disk from being spun on
         while True:
             try:
+                self.ops.push_started(batch)
                 await self.buffer.push(batch)
+                self.ops.pushed(batch)
                 if self._spool_failing:  # said once per outage, by the first reader through
                     self._spool_failing = False
                     log.warning("spool writable again, reading resumed (write errors so far: %d)",
@@ -234,7 +252,9 @@ class App:
         host = self.config.host.resolved_name
         for name, sc in self.config.sinks.items():
             sink = sink_class(sc.type)(sc, SinkContext(name, self.state_dir, host, self.metrics))
-            self.runners[name] = SinkRunner(name, sink, self.buffer.cursor(name), self.metrics)
+            runner = _TrackedRunner(name, sink, self.buffer.cursor(name), self.metrics)
+            runner.on_delivered = self.ops.delivered
+            self.runners[name] = runner
 
     async def _stop_readers(self) -> None:
         readers = list(self.readers.values())
@@ -262,6 +282,9 @@ class App:
                     "in the spool at the next start)", pending)
 
     async def _close(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
+            self.admin = None
         for name, r in self.runners.items():
             try:
                 async with asyncio.timeout(1.0 if self._forced.is_set() else SINK_CLOSE_SECS):
@@ -346,6 +369,7 @@ class App:
 
     def _apply(self, change: Any) -> None:
         cid, info = change.id, change.info
+        self.last_change = time.monotonic()
         if change.kind == "remove":
             waiting = self.pending.pop(cid, None)
             if waiting is not None:
@@ -355,6 +379,7 @@ class App:
             if reader is not None:
                 reader.source.removed()
                 self.removed_at[cid] = time.monotonic()
+                self._gone_labels[cid] = reader.source.meta.name or cid[:12]
             return
         if cid in self.pending:
             if info is None:
@@ -532,27 +557,85 @@ class App:
                 if now - at > FORGET_REMOVED_AFTER_SECS and cid not in self.readers:
                     self.offsets.forget(cid)
                     del self.removed_at[cid]
+                    self._forget_series(cid)
             await self.offsets.flush_async()
 
     async def _log_stats(self) -> None:
+        """One line for reading and the buffer, then one per sink (its own counts, never summed over sinks)."""
         m = self.metrics
         while True:
             await asyncio.sleep(self.config.telemetry.stats_interval_secs)
-            log.info("stats containers=%d events_read=%d events_sent=%d dropped=%d invalid=%d gaps=%d "
-                     "buffered=%d reader_failures=%d waiting_inspect=%d docker=%s spool_write_errors=%d",
-                     len(self.readers), m.get("shipper_events_read_total"), m.get("shipper_events_sent_total"),
-                     m.get("shipper_events_dropped_total"), m.get("shipper_lines_invalid_total"),
-                     m.get("shipper_log_gap_total"), m.get("shipper_buffer_events"),
+            log.info("stats containers=%d events_read=%d events_per_sec=%.1f invalid=%d gaps=%d buffered=%d "
+                     "buffer_fill=%.1f%% reading_paused=%s reader_failures=%d waiting_inspect=%d docker=%s "
+                     "spool_write_errors=%d",
+                     len(self.readers), m.get("shipper_events_read_total"), self.ops.rate(None),
+                     m.get("shipper_lines_invalid_total"), m.get("shipper_log_gap_total"),
+                     m.get("shipper_buffer_events"), 100 * self.ops.buffer_fill(), bool(self.ops.paused_since),
                      m.get("shipper_reader_failures_total"), len(self.pending), self._docker_state(),
                      m.get("shipper_spool_write_errors_total"))
+            for name, r in self.runners.items():
+                log.info("stats sink=%s state=%s events_sent=%d events_per_sec=%.1f pending=%d in_flight=%d "
+                         "retries=%d dropped=%d", name, r.state, r.sent_events, self.ops.rate(name),
+                         r.cursor.pending() if r.cursor else 0, r.in_flight,
+                         m.get("shipper_sink_retries_total", sink=name),
+                         m.get("shipper_events_dropped_total", where=name))
 
     def _docker_state(self) -> str:
         return str(getattr(self.discovery, "state", "-"))
 
     def status(self) -> dict[str, Any]:
-        return {"containers": {cid[:12]: {"name": r.source.meta.name, "reader": r.kind}
-                               for cid, r in self.readers.items()},
-                "waiting_inspect": {cid[:12]: p.info.meta.name for cid, p in self.pending.items()},
-                "docker": self._docker_state(),
-                "sinks": {n: r.status() for n, r in self.runners.items()},
-                "buffer": self.buffer.stats() if self.buffer else {}}
+        """The /status document (see shipper.telemetry.status)."""
+        return self.ops.snapshot()
+
+    # --- operations: the admin server, the Docker daemon watched ----------------------------------------
+
+    async def _start_admin(self) -> None:
+        """Serve /metrics, /health, /status and the page. An address already in use is logged, not fatal:
+        shipping logs matters more than showing how it goes."""
+        if not self.config.admin.address:
+            return
+        from shipper.telemetry.admin import AdminServer
+
+        server = AdminServer(self.config.admin, self.ops, self.metrics, self.config.host.resolved_name)
+        try:
+            await server.start()
+        except OSError as e:
+            log.error("admin server cannot listen address=%s error=%s: running without /metrics, /health and "
+                      "/status (set [admin] address to a free host:port)", self.config.admin.address, e)
+            return
+        self.admin = server
+
+    def _make_docker_watch(self) -> DockerWatch | None:
+        interval = self.config.telemetry.docker_ping_interval_secs
+        if self.docker is None or interval <= 0:
+            return None
+        from shipper.docker.watch import DockerWatch
+
+        self.docker_watch = DockerWatch(lambda: self.docker, self.metrics, self.config.docker.data_root, interval,
+                                        self._events_state)
+        return self.docker_watch
+
+    def _events_state(self) -> tuple[bool, float]:
+        """(discovery's /events stream connected, monotonic time of the last container change it reported)."""
+        synced = getattr(self.discovery, "synced", None)
+        return bool(synced is not None and synced.is_set()), self.last_change
+
+    def _forget_series(self, cid: str) -> None:
+        """A container gone for good: its per-container series go (unless a live reader has its name)."""
+        label = self._gone_labels.pop(cid, "")
+        self.ops.forget(cid)
+        live = {r.source.meta.name or c[:12] for c, r in self.readers.items()}
+        if label and label not in live:
+            self.metrics.forget_container(label)
+
+
+class _TrackedRunner(SinkRunner):
+    """A sink runner that reports each delivered request (for each container's seconds behind)."""
+
+    on_delivered: Callable[[str, list[Batch]], None] | None = None
+
+    async def deliver(self, request: Request, max_attempts: int | None = None) -> Delivery:
+        done = await super().deliver(request, max_attempts)
+        if done.delivered and self.on_delivered is not None:
+            self.on_delivered(self.name, request.batches)
+        return done

@@ -161,6 +161,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if summary.failed_events else 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0: the daemon answered and is healthy; 1: it answered unhealthy; 2: config error; 3: no answer."""
+    cfg = _load_or_exit(args)
+    from shipper.telemetry import top
+
+    if args.json:
+        try:
+            doc = top.fetch(cfg.admin)
+        except top.NotRunning as e:
+            print(f"shipper: {e}", file=sys.stderr)
+            return top.NOT_RUNNING
+        import orjson
+
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return 0 if doc.get("healthy") else top.UNHEALTHY
+    if args.interval <= 0:
+        print("shipper: --interval must be more than 0", file=sys.stderr)
+        return 2
+    try:
+        return top.run(cfg.admin, args.watch, args.interval, sys.stdout, color=sys.stdout.isatty())
+    except ConfigError as e:  # the token file went away since the config was loaded
+        print(f"shipper: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
 
 _TIME_OPTIONS = ("--since", "--until")
 
@@ -230,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--log-level", help="shipper's own log level (default warning)")
     rp.set_defaults(func=cmd_replay)
 
+    st = sub.add_parser("status", parents=[common],
+                        help="the running daemon's state: containers, sinks, lag, drops, dockerd (from /status)")
+    st.add_argument("--watch", "-w", action="store_true", help="redraw in place until Ctrl-C, like `top`")
+    st.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch")
+    st.add_argument("--json", action="store_true", help="print the /status document as it is")
+    st.set_defaults(func=cmd_status)
     return p
 
 

@@ -40,6 +40,7 @@ from shipper.schema import (
 )
 from shipper.sinks import SINKS, sink_config_class
 from shipper.sinks.base import SinkBase
+from shipper.telemetry.config import AdminConfig
 
 # --- the sections -----------------------------------------------------------------------------------------
 
@@ -271,6 +272,8 @@ class TelemetryConfig:
     log_format: typing.Literal["text", "json"] = doc("text", "shipper's own log lines: 'text' or 'json'")
     stats_interval_secs: float = doc(60.0, "how often a one-line summary of the counters is logged (0: never)",
                                      high=86400)
+    docker_ping_interval_secs: float = doc(5.0, "how often the Docker daemon is pinged and its state read for "
+                                                "the metrics and /status (0: never)")
 
     def validate(self, key: str) -> None:
         if 0 < self.stats_interval_secs < 0.1:
@@ -288,6 +291,7 @@ class Config:
     host: HostConfig = doc(None, "this host")
     buffer: BufferConfig = doc(None, "the buffer between reading and sending")
     telemetry: TelemetryConfig = doc(None, "shipper's own logs and counters")
+    admin: AdminConfig = doc(None, "the admin HTTP server: /metrics, /health, /ready, /status, the status page")
     sinks: dict[str, Any] = doc({}, "where events go: [sinks.NAME] type = ...")
 
     def __post_init__(self) -> None:

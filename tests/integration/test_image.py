@@ -3,7 +3,7 @@ machine's own apt mirror, then `docker import`), the package's wheels built on t
 image with no network. The image then runs as it is deployed: configured by environment variables alone, as a
 non-root user holding one capability (CAP_DAC_READ_SEARCH), with the Docker socket and Docker's containers
 folder mounted. Another container's lines must arrive, with the Docker host's name as host.name (not the
-container id), and the shipper's own lines must not.
+container id), and the shipper's own lines must not. It runs with deploy/compose.yaml's settings.
 
 Costs about 2 minutes the first time on a machine (the base image is kept, tagged shipper-base:bookworm).
 """
@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from shipper.config import load_dict
 from tests.conftest import SESSION, SESSION_LABEL, TEST_LABEL, require
 
 pytestmark = pytest.mark.docker
@@ -123,42 +124,68 @@ def test_image_is_built_as_documented(docker_client: Any, image: str) -> None:
     docker_client.containers.run(image, ["-c", no_pip], remove=True, entrypoint="/opt/shipper/bin/python3")
 
 
+def compose_service() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml")  # in the test extras
+    doc = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    return dict(doc["services"]["shipper"])
+
+
+def test_compose_environment_is_a_valid_config() -> None:
+    """Every SHIPPER_ variable in deploy/compose.yaml is a key, with a value the key accepts."""
+    svc = compose_service()
+    env = {k: str(v) for k, v in svc["environment"].items()}
+    cfg = load_dict({}, env=env)
+    assert cfg.buffer.type.value == "disk" and "local" in cfg.sinks
+    mounts = {v.split(":")[1]: v for v in svc["volumes"]}
+    assert mounts["/var/lib/docker/containers"].endswith(":ro")
+    assert DOCKER_SOCK in mounts and "/var/lib/shipper" in mounts
+    assert svc["cap_drop"] == ["ALL"] and svc["cap_add"] == ["DAC_READ_SEARCH"]
+
+
 def test_image_ships_another_containers_lines_configured_by_env_only(
         docker_client: Any, image: str, run_container: Any, tmp_path: Path) -> None:
+    """The image run as deploy/compose.yaml runs it (its environment, user, capabilities, mounts), with only the
+    sink's path and the selection changed for the test."""
+    svc = compose_service()
     run = uuid.uuid4().hex[:10]
     label = {"shipper.test.run": run}
     out = tmp_path / "out"
     out.mkdir()
     os.chown(out, IMAGE_UID, IMAGE_UID)
     volume = docker_client.volumes.create(f"shipper-image-test-{run}", labels={SESSION_LABEL: SESSION})
-    host_name = docker_client.info()["Name"]
-    sock_gid = os.stat(DOCKER_SOCK).st_gid
-    data_root = docker_client.info()["DockerRootDir"]
+    info = docker_client.info()
+    sock_gid = str(os.stat(DOCKER_SOCK).st_gid)
+    volumes: dict[str, dict[str, str]] = {}
+    for spec in svc["volumes"]:
+        src, dst, *mode = spec.split(":")
+        if not src.startswith("/"):
+            src = volume.name  # the named state volume
+        elif dst == "/var/lib/docker/containers":
+            src = f"{info['DockerRootDir']}/containers"
+        volumes[src] = {"bind": dst, "mode": mode[0] if mode else "rw"}
+    volumes[str(out)] = {"bind": "/out", "mode": "rw"}
+    env = {k: str(v) for k, v in svc["environment"].items()} | {
+        "SHIPPER_SELECT_INCLUDE_LABELS": f"shipper.test.run={run}",
+        "SHIPPER_SINKS_LOCAL_PATH": "/out/events.jsonl",
+        "SHIPPER_DOCKER_POLL_INTERVAL_SECS": "50ms",
+        "SHIPPER_STATE_FLUSH_INTERVAL_SECS": "0.2",
+        "SHIPPER_MULTILINE_FLUSH_TIMEOUT_SECS": "0.3",
+        "SHIPPER_TELEMETRY_LOG_LEVEL": "debug",  # plenty of its own lines, which must not be shipped
+    }
+    groups = [sock_gid if g.startswith("${DOCKER_GID") else g for g in svc["group_add"]]
     shipper = docker_client.containers.run(
         image, detach=True, name=f"shipper-image-test-{run}",
         labels={TEST_LABEL: "1", SESSION_LABEL: SESSION, **label},  # it matches its own selection on purpose
-        environment={
-            "SHIPPER_SELECT_INCLUDE_LABELS": f"shipper.test.run={run}",
-            "SHIPPER_SINKS_OUT_TYPE": "file",
-            "SHIPPER_SINKS_OUT_PATH": "/out/events.jsonl",
-            "SHIPPER_SINKS_OUT_MAX_BYTES": "0",
-            "SHIPPER_DOCKER_POLL_INTERVAL_SECS": "50ms",
-            "SHIPPER_STATE_FLUSH_INTERVAL_SECS": "0.2",
-            "SHIPPER_MULTILINE_FLUSH_TIMEOUT_SECS": "0.3",
-            "SHIPPER_TELEMETRY_LOG_LEVEL": "debug",  # plenty of its own lines that must not be shipped
-        },
-        volumes={DOCKER_SOCK: {"bind": DOCKER_SOCK, "mode": "rw"},
-                 f"{data_root}/containers": {"bind": "/var/lib/docker/containers", "mode": "ro"},
-                 str(out): {"bind": "/out", "mode": "rw"},
-                 volume.name: {"bind": "/var/lib/shipper", "mode": "rw"}},
-        cap_drop=["ALL"], cap_add=["DAC_READ_SEARCH"], group_add=[str(sock_gid)])
+        environment=env, volumes=volumes, user=svc["user"], cap_drop=svc["cap_drop"], cap_add=svc["cap_add"],
+        group_add=groups, read_only=svc["read_only"])
     try:
         deadline = time.monotonic() + 60
         while b"starting" not in shipper.logs() and time.monotonic() < deadline:
             shipper.reload()
             assert shipper.status != "exited", shipper.logs().decode()
             time.sleep(0.2)
-        app = run_container("sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do echo image-line-$i; done; sleep 1'", labels=label)
+        app = run_container("sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do echo image-line-$i; done; sleep 1'",
+                            labels=label)
         evs: list[dict[str, Any]] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -169,7 +196,7 @@ def test_image_ships_another_containers_lines_configured_by_env_only(
         logs = shipper.logs().decode()
         mine = [e for e in evs if e["container"]["name"] == app.name]
         assert [e["message"] for e in mine] == [f"image-line-{i}" for i in range(1, 11)], logs[-4000:]
-        assert {e["host"]["name"] for e in mine} == {host_name}, "host.name must be the Docker host's name"
+        assert {e["host"]["name"] for e in mine} == {info["Name"]}, "host.name must be the Docker host's name"
         assert not [e for e in evs if e["container"]["id"] == shipper.id], "shipper shipped its own lines"
         assert "via=JsonFileSource" in logs, "the json-file must be read with the one capability it was given"
         assert "Traceback" not in logs

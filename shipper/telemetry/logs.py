@@ -30,6 +30,8 @@ def rfc3339(t: float) -> str:
 def _value(spec: str, arg: Any) -> Any:
     if spec.endswith("r"):
         return repr(arg)
+    if spec.endswith(("d", "i")) and isinstance(arg, float) and arg.is_integer():
+        return int(arg)  # a count kept as a float (a metric's value) logged with %d
     if isinstance(arg, bool | int | float) or arg is None:
         return arg
     return str(arg)

@@ -5,6 +5,9 @@ it in the terminal (and says so when the daemon is not running)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,13 @@ def test_metrics_match_what_arrived(tmp_path: Path, run_container: Any) -> None:
     assert "out   file  up" in out.stdout
     js = d.cli("status", "--json")
     assert js.returncode == 0 and '"sinks"' in js.stdout
+    watch = subprocess.Popen([sys.executable, "-m", "shipper", "status", "--watch", "--interval", "0.5", "--config",
+                              str(d.config)], stdout=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    watch.send_signal(signal.SIGINT)
+    text, _ = watch.communicate(timeout=10)
+    assert watch.returncode == 0
+    assert text.count("\x1b[H\x1b[2J") >= 3 and text.count("SINK") >= 3  # redrawn in place, again and again
 
     assert d.stop() == 0
     gone = d.cli("status")

@@ -53,5 +53,7 @@ def test_sentences_without_pairs_and_odd_placeholders() -> None:
     msg, fields = split_fields("lost lost_bytes%s%d since=%s", (">=", 5, "t"))
     assert msg == "lost lost_bytes>=5" and fields == {"since": "t"}
     assert split_fields("100%% done n=%d", (1,)) == ("100% done", {"n": 1})
+    _, fields = split_fields("stats events_read=%d", (3.0,))  # a metric's value: a float, logged as a count
+    assert fields == {"events_read": 3} and isinstance(fields["events_read"], int)
     # a field may not overwrite the document's own keys
     assert split_fields("x message=%s", ("m",)) == ("x message=m", {})

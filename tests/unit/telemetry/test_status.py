@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def test_rates_history_and_buffer_fill(tmp_path: Path) -> None:
 
 
 def test_pause_is_logged_once_each_way(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="shipper")
     app = make_app(tmp_path)
     b = batch("d" * 64, time.time())
     app.ops.push_started(b)
@@ -85,3 +87,14 @@ def test_documents_render(tmp_path: Path) -> None:
                           "seconds_behind": 3.0, "last_error": ""}]
     page = render_page(doc, "h<ost>")
     assert "</script><b>" not in page and "h&lt;ost&gt;" in page
+
+
+def test_series_of_a_gone_container_are_forgotten(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    app.metrics.inc("shipper_events_read_total", 5, container="web")
+    app.metrics.set("shipper_container_lag_bytes", 9, container="web")
+    app.ops.pushed(batch("e" * 64, time.time()))
+    app._gone_labels["e" * 64] = "web"
+    app._forget_series("e" * 64)
+    assert "web" not in app.metrics.render() and "e" * 64 not in app.ops.lags
+    assert app.metrics.get("shipper_events_read_total") == 5  # the total keeps it

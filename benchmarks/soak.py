@@ -54,7 +54,8 @@ import orjson
 IMAGE = "shipper-test:busybox"
 SOAK_LABEL = "shipper.soak"
 TICK = os.sysconf("SC_CLK_TCK")
-STATS_RE = re.compile(r"stats containers=(\d+) events_read=(\d+) events_sent=(\d+) dropped=(\d+)")
+STATS_RE = re.compile(r"stats containers=(\d+) events_read=(\d+) .*?dropped=(\d+)")
+SINK_STATS_RE = re.compile(r"stats sink=(\S+) state=\w+ events_sent=(\d+)")
 NUMBER_RE = re.compile(r"\bn=(\d+)\b")
 PAD = "x" * 64  # ~85-byte lines
 
@@ -203,8 +204,13 @@ max_bytes = 0
 
     def stats(self) -> tuple[int, int, int, int]:
         """containers, events_read, events_sent, dropped of the newest stats line."""
-        found = STATS_RE.findall(self.log_text()[-20_000:])
-        return tuple(map(int, found[-1])) if found else (0, 0, 0, 0)  # type: ignore[return-value]
+        text = self.log_text()[-20_000:]
+        found = STATS_RE.findall(text)
+        if not found:
+            return (0, 0, 0, 0)
+        containers, read, dropped = map(int, found[-1])
+        sent = sum({sink: int(n) for sink, n in SINK_STATS_RE.findall(text)}.values())  # each sink's newest line
+        return containers, read, sent, dropped
 
     def stop(self, timeout: float = 60) -> int:
         assert self.proc is not None

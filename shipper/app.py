@@ -561,15 +561,17 @@ class App:
             await self.offsets.flush_async()
 
     async def _log_stats(self) -> None:
-        """One line for reading and the buffer, then one per sink (its own counts, never summed over sinks)."""
+        """One line for reading and the buffer (`dropped`: everywhere, by any reason), then one per sink with
+        its own counts (never summed over sinks)."""
         m = self.metrics
         while True:
             await asyncio.sleep(self.config.telemetry.stats_interval_secs)
-            log.info("stats containers=%d events_read=%d events_per_sec=%.1f invalid=%d gaps=%d buffered=%d "
-                     "buffer_fill=%.1f%% reading_paused=%s reader_failures=%d waiting_inspect=%d docker=%s "
-                     "spool_write_errors=%d",
+            log.info("stats containers=%d events_read=%d events_per_sec=%.1f dropped=%d invalid=%d gaps=%d "
+                     "buffered=%d buffer_fill=%.1f%% reading_paused=%s reader_failures=%d waiting_inspect=%d "
+                     "docker=%s spool_write_errors=%d",
                      len(self.readers), m.get("shipper_events_read_total"), self.ops.rate(None),
-                     m.get("shipper_lines_invalid_total"), m.get("shipper_log_gap_total"),
+                     m.get("shipper_events_dropped_total"), m.get("shipper_lines_invalid_total"),
+                     m.get("shipper_log_gap_total"),
                      m.get("shipper_buffer_events"), 100 * self.ops.buffer_fill(), bool(self.ops.paused_since),
                      m.get("shipper_reader_failures_total"), len(self.pending), self._docker_state(),
                      m.get("shipper_spool_write_errors_total"))

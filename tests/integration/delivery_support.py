@@ -22,8 +22,9 @@ from shipper.sources.jsonfile import OFFSET_MASK
 from tests.integration.harness import Shipper
 
 NUMBER_RE = re.compile(r"\bn=(\d+)\b")
-STATS_RE = re.compile(r"stats containers=\d+ events_read=(\d+) events_sent=(\d+) dropped=(\d+) invalid=(\d+) "
-                      r"gaps=\d+ buffered=(\d+)")
+STATS_RE = re.compile(r"stats containers=\d+ events_read=(\d+) .*?dropped=(\d+) invalid=(\d+) gaps=\d+ "
+                      r"buffered=(\d+)")
+SINK_STATS_RE = re.compile(r"stats sink=(\S+) state=\w+ events_sent=(\d+)")
 GAP_MARK = "lost before it was read"
 
 
@@ -47,11 +48,16 @@ class Daemon(Shipper):
         assert rc == -9, f"shipper was not running when killed (rc={rc}):\n{self.log_text()[-3000:]}"
 
     def stats(self) -> dict[str, int]:
-        """The counters of the newest `stats` log line (all zero before the first one)."""
-        found = STATS_RE.findall(self.log_text())
-        keys = ("events_read", "events_sent", "dropped", "invalid", "buffered")
+        """The counters of the newest `stats` log line (all zero before the first one); events_sent: the sum
+        over the sinks' own `stats sink=` lines."""
+        text = self.log_text()
+        found = STATS_RE.findall(text)
+        keys = ("events_read", "dropped", "invalid", "buffered")
         values = found[-1] if found else ("0",) * len(keys)
-        return dict(zip(keys, map(int, values), strict=True))
+        out = dict(zip(keys, map(int, values), strict=True))
+        newest = {sink: int(n) for sink, n in SINK_STATS_RE.findall(text)}  # the newest line of each sink
+        out["events_sent"] = sum(newest.values())
+        return out
 
     def spool_bytes(self) -> int:
         segs = self.state / "spool" / "segments"

@@ -59,6 +59,7 @@ def log_gap(m: Metrics, container: str, reason: str, lost_bytes: int, lost_lines
                     "(counted in shipper_log_gap_possible_total, not as lost)", container, reason, window)
         return
     m.inc("shipper_log_gap_total", container=container, reason=reason)
+    m.note_error(container, f"log data lost before it was read: {reason}, {'' if exact else '>='}{lost_bytes} bytes")
     m.inc("shipper_log_gap_bytes_total", lost_bytes, container=container, reason=reason)
     m.inc("shipper_log_gap_lines_total", lost_lines, container=container, reason=reason)
     op = "=" if exact else ">="
@@ -194,6 +195,7 @@ def docker_inspect_failed(m: Metrics, container_id: str, attempts: int, error: B
 def reader_failed(m: Metrics, container: str, attempt: int, retry_in: float, error: BaseException) -> None:
     """A container's log reader failed and retries: said at every failure, with the backoff."""
     m.inc("shipper_reader_failures_total", container=container)
+    m.note_error(container, f"reader failed (attempt {attempt}): {error}")
     log.warning("log reader failed, will retry container=%s attempt=%d retry_in=%.1fs error=%s (counted in "
                 "shipper_reader_failures_total)", container, attempt, retry_in, error)
 
@@ -201,6 +203,7 @@ def reader_failed(m: Metrics, container: str, attempt: int, retry_in: float, err
 def reader_crashed(m: Metrics, container: str) -> None:
     """A reader raised out of its loop (a bug): counted, logged with the traceback (call from `except`)."""
     m.inc("shipper_reader_failures_total", container=container)
+    m.note_error(container, "reader crashed (a bug; the traceback is in shipper's log)")
     log.error("log reader crashed container=%s; it restarts when the container is seen again (counted in "
               "shipper_reader_failures_total)", container, exc_info=True)
 
@@ -209,6 +212,7 @@ def container_unreadable(m: Metrics, container: str, reason: str, detail: str) -
     """A container whose log shipper cannot read (or could not learn how to): not shipped, never silently.
     `reason` is a short code (the metric label), `detail` says it for a person."""
     m.inc("shipper_containers_unreadable_total", reason=reason)
+    m.note_error(container, f"cannot read its log: {reason}: {detail}")
     if _once("unreadable", container, reason):
         log.warning("cannot read container's log container=%s reason=%s: %s (counted in "
                     "shipper_containers_unreadable_total; logged once per container and reason)",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -177,6 +178,7 @@ class Metrics:
         self._specs: dict[str, Spec] = {}
         self._children: dict[tuple[str, Labels], object] = {}
         self._retired: dict[str, float] = {}  # what forgotten series of a counter had counted
+        self.last_errors: dict[str, tuple[float, str]] = {}  # container -> (unix time, the last error said)
         self._lock = threading.Lock()
         for name, declared in HELP.items():
             if isinstance(declared, Spec):  # bare help strings wait for their first use to learn their labels
@@ -232,10 +234,15 @@ class Metrics:
         writes it); the renderer this replaced used `:g`, which cut it to 1.85584e+06."""
         return generate_latest(self.registry).decode()
 
+    def note_error(self, container: str, text: str) -> None:
+        """Keep the last error said about a container's reading, for /status (the log line says it in full)."""
+        self.last_errors[container] = (time.time(), text[:300])
+
     def forget_container(self, container: str) -> int:
         """Remove every series labelled with `container` (it is gone); counters' values are kept in the
         totals `get` gives. Returns the number of series removed."""
         removed = 0
+        self.last_errors.pop(container, None)
         with self._lock:
             for name, spec in self._specs.items():
                 if CONTAINER not in spec.labels:

@@ -245,7 +245,9 @@ class Status:
         for cid, r in list(self.app.readers.items()):
             behind = bytes_behind(r.source)
             at_end = behind == 0 if behind is not None else True
-            last_error = getattr(r.source, "last_error", "")
+            label = r.source.meta.name or cid[:12]
+            said = self.metrics.last_errors.get(label)
+            last_error = f"{_iso(said[0])} {said[1]}" if said else ""
             out[cid] = {"id": cid[:12], "name": r.source.meta.name or cid[:12], "reader": _reader_kind(r.kind),
                         "bytes_behind": behind, "seconds_behind": self.seconds_behind(cid, at_end),
                         "last_error": last_error or ""}

@@ -53,7 +53,7 @@ def test_metrics_match_what_arrived(tmp_path: Path, run_container: Any) -> None:
         assert read[c.name] == LINES and entries[c.name] == LINES
         assert nbytes[c.name] == os.path.getsize(c.attrs["LogPath"])  # every byte of the json-file, once
         assert m[("shipper_container_lag_bytes", (("container", c.name),))] == 0
-    assert m[("shipper_containers", ())] >= 0
+    assert m[("shipper_containers", ())] == 3  # exited, not removed: still followed
     assert m[("shipper_sink_state", (("sink", "out"),))] == 0
     assert m[("shipper_docker_up", ())] == 1
     assert ("process_resident_memory_bytes", ()) in m and ("process_open_fds", ()) in m

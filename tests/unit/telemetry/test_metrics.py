@@ -118,3 +118,16 @@ def test_snapshot_shape() -> None:
     m = Metrics()
     m.inc("shipper_lines_invalid_total", 3, container="c", reason="bad_json")
     assert m.snapshot()["shipper_lines_invalid_total"] == {(("container", "c"), ("reason", "bad_json")): 3}
+
+
+def test_last_error_per_container_is_kept_then_forgotten() -> None:
+    from shipper.telemetry import events as tel
+
+    m = Metrics()
+    tel.reader_failed(m, "web", 2, 1.0, OSError("boom"))
+    tel.log_gap(m, "web", "rotated_before_read", 100, 2, exact=False)
+    assert m.last_errors["web"][1] == "log data lost before it was read: rotated_before_read, >=100 bytes"
+    tel.reader_failed(m, "db", 1, 1.0, OSError("no such file"))
+    assert "no such file" in m.last_errors["db"][1]
+    m.forget_container("web")
+    assert "web" not in m.last_errors and "db" in m.last_errors

@@ -1,0 +1,110 @@
+"""Lumberjack v2, the wire format of Filebeat's logstash output and Logstash's beats input (the input's
+PROTOCOL.md). Pure functions from documents to bytes and from bytes to ACKs; no sockets.
+
+Every frame starts with the version byte and a frame type; integers are 32-bit unsigned, big-endian:
+
+    window      '2' 'W' count                     writer: how many data frames follow before it waits for an ACK
+    json        '2' 'J' sequence length document  writer: one event; sequences run 1..count in each window
+    compressed  '2' 'C' length zlib-data          writer: zlib of whole frames (the json frames of a window)
+    ack         '2' 'A' sequence                  reader: every frame up to and including `sequence` is handled
+
+A window is sent as its window frame followed by its json frames, or by one compressed frame holding them.
+Logstash answers each window with the ACK of its last sequence once its pipeline has taken the events; while
+it is busy it sends ACKs of sequence 0 (keep-alives) so the writer does not time out.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+
+VERSION = b"2"
+FRAME_WINDOW = b"W"
+FRAME_JSON = b"J"
+FRAME_COMPRESSED = b"C"
+FRAME_ACK = b"A"
+ACK_FRAME_BYTES = 6  # '2' 'A' and the sequence
+KEEPALIVE_SEQUENCE = 0  # an ACK of sequence 0 acknowledges nothing: Logstash is busy, the connection is alive
+MAX_SEQUENCE = 0xFFFFFFFF
+
+_WINDOW = struct.Struct(">2sI")
+_JSON = struct.Struct(">2sII")
+_ACK = struct.Struct(">2sI")
+_WINDOW_TYPE = VERSION + FRAME_WINDOW
+_JSON_TYPE = VERSION + FRAME_JSON
+_COMPRESSED_TYPE = VERSION + FRAME_COMPRESSED
+_ACK_TYPE = VERSION + FRAME_ACK
+
+
+class ProtocolError(ValueError):
+    """The peer sent something that is not a Lumberjack v2 ACK."""
+
+
+def window_frame(count: int) -> bytes:
+    return _WINDOW.pack(_WINDOW_TYPE, count)
+
+
+def json_frames(docs: Sequence[bytes]) -> bytes:
+    """The json frames of one window: `docs` numbered 1..len(docs)."""
+    pack = _JSON.pack
+    parts: list[bytes] = []
+    append = parts.append
+    for seq, d in enumerate(docs, 1):
+        append(pack(_JSON_TYPE, seq, len(d)))
+        append(d)
+    return b"".join(parts)
+
+
+def compressed_frame(frames: bytes, level: int) -> bytes:
+    data = zlib.compress(frames, level)
+    return _WINDOW.pack(_COMPRESSED_TYPE, len(data)) + data
+
+
+def encode_window(docs: Sequence[bytes], level: int) -> bytes:
+    """Everything one window puts on the wire: the window frame, then the json frames, compressed into one
+    frame when `level` is 1..9, plain when 0."""
+    frames = json_frames(docs)
+    body = compressed_frame(frames, level) if level else frames
+    return window_frame(len(docs)) + body
+
+
+def ack_frame(sequence: int) -> bytes:
+    """An ACK as Logstash writes it (for tests and test servers)."""
+    return _ACK.pack(_ACK_TYPE, sequence)
+
+
+def parse_ack(frame: bytes) -> int:
+    """The sequence of one ACK frame (exactly ACK_FRAME_BYTES long); ProtocolError for anything else."""
+    if len(frame) != ACK_FRAME_BYTES:
+        raise ProtocolError(f"an ACK frame is {ACK_FRAME_BYTES} bytes, got {len(frame)}")
+    kind, seq = _ACK.unpack(frame)
+    if kind != _ACK_TYPE:
+        raise ProtocolError(f"expected an ACK frame (b'2A'), got {kind!r}")
+    return int(seq)
+
+
+def decode_frames(data: bytes) -> list[tuple[bytes, int, bytes]]:
+    """(frame type, sequence or count, payload) of every writer frame in `data`, compressed frames opened:
+    the reading half, for the test servers and the tests of the writing half."""
+    out: list[tuple[bytes, int, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        if data[pos:pos + 1] != VERSION:
+            raise ProtocolError(f"bad version byte {data[pos:pos + 1]!r} at {pos}")
+        kind = data[pos + 1:pos + 2]
+        if kind == FRAME_WINDOW:
+            (count,) = struct.unpack_from(">I", data, pos + 2)
+            out.append((kind, count, b""))
+            pos += 6
+        elif kind == FRAME_JSON:
+            seq, size = struct.unpack_from(">II", data, pos + 2)
+            out.append((kind, seq, data[pos + 10:pos + 10 + size]))
+            pos += 10 + size
+        elif kind == FRAME_COMPRESSED:
+            (size,) = struct.unpack_from(">I", data, pos + 2)
+            out.extend(decode_frames(zlib.decompress(data[pos + 6:pos + 6 + size])))
+            pos += 6 + size
+        else:
+            raise ProtocolError(f"unknown frame type {kind!r} at {pos}")
+    return out

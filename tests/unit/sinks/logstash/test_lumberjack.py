@@ -1,0 +1,80 @@
+"""The Lumberjack v2 codec against exact expected bytes (the beats input's PROTOCOL.md)."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+
+from shipper.sinks.logstash.lumberjack import (
+    ACK_FRAME_BYTES,
+    FRAME_ACK,
+    FRAME_COMPRESSED,
+    FRAME_JSON,
+    FRAME_WINDOW,
+    VERSION,
+    ProtocolError,
+    ack_frame,
+    compressed_frame,
+    decode_frames,
+    encode_window,
+    json_frames,
+    parse_ack,
+    window_frame,
+)
+
+
+def test_frame_constants() -> None:
+    assert (VERSION, FRAME_WINDOW, FRAME_JSON, FRAME_COMPRESSED, FRAME_ACK) == (b"2", b"W", b"J", b"C", b"A")
+    assert ACK_FRAME_BYTES == 6
+
+
+def test_window_frame() -> None:
+    assert window_frame(3) == b"2W\x00\x00\x00\x03"
+    assert window_frame(0x01020304) == b"2W\x01\x02\x03\x04"
+
+
+def test_json_frames_are_numbered_from_one() -> None:
+    assert json_frames([b'{"a":1}', b"{}"]) == (b"2J\x00\x00\x00\x01\x00\x00\x00\x07" + b'{"a":1}'
+                                                 + b"2J\x00\x00\x00\x02\x00\x00\x00\x02" + b"{}")
+    assert json_frames([]) == b""
+
+
+def test_plain_window() -> None:
+    assert encode_window([b'{"m":"x"}'], 0) == (b"2W\x00\x00\x00\x01"
+                                                 b"2J\x00\x00\x00\x01\x00\x00\x00\x09" b'{"m":"x"}')
+
+
+def test_compressed_window() -> None:
+    docs = [b'{"n":1}', b'{"n":2}']
+    frames = b"2J\x00\x00\x00\x01\x00\x00\x00\x07" b'{"n":1}' b"2J\x00\x00\x00\x02\x00\x00\x00\x07" b'{"n":2}'
+    data = zlib.compress(frames, 3)
+    assert encode_window(docs, 3) == b"2W\x00\x00\x00\x02" + b"2C" + len(data).to_bytes(4, "big") + data
+    assert compressed_frame(frames, 9)[:2] == b"2C"
+    assert zlib.decompress(compressed_frame(frames, 9)[6:]) == frames
+
+
+def test_multibyte_documents_are_counted_in_bytes() -> None:
+    doc = '{"m":"日本"}'.encode()
+    assert json_frames([doc])[6:10] == len(doc).to_bytes(4, "big") == b"\x00\x00\x00\x0e"
+
+
+def test_ack_frames() -> None:
+    assert ack_frame(7) == b"2A\x00\x00\x00\x07"
+    assert parse_ack(b"2A\x00\x00\x00\x07") == 7
+    assert parse_ack(b"2A\xff\xff\xff\xff") == 0xFFFFFFFF
+    assert parse_ack(b"2A\x00\x00\x00\x00") == 0  # a keep-alive
+
+
+@pytest.mark.parametrize("frame", [b"1A\x00\x00\x00\x01", b"2W\x00\x00\x00\x01", b"2A\x00\x00\x01", b""])
+def test_anything_but_an_ack_is_refused(frame: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_ack(frame)
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_decode_reads_back_what_encode_wrote(level: int) -> None:
+    docs = [b'{"i":%d}' % i for i in range(5)]
+    frames = decode_frames(encode_window(docs, level))
+    assert frames[0] == (b"W", 5, b"")
+    assert frames[1:] == [(b"J", i + 1, d) for i, d in enumerate(docs)]

@@ -64,7 +64,7 @@ def test_hosts(protocol: str, text: str, tls: bool, want: Host) -> None:
     ({"tls_min_version": "1.1"}, "sinks.ls.tls_min_version", "1.2"),
     ({"user": "u"}, "sinks.ls.user", "http"),
     ({"protocol": "http", "password": "p"}, "sinks.ls.user", "needs a user"),
-    ({"protocol": "http", "user": "u", "password_file": "/nonexistent"}, "sinks.ls.password_file", "no such"),
+    ({"protocol": "http", "user": "u", "password": "p", "password_file": "/p"}, "sinks.ls.password_file", "not both"),
     ({"protocol": "http", "headers": {"X Bad": "1"}}, "sinks.ls.headers.X Bad", "header"),
     ({"protocol": "http", "hosts": ["http://a:1"], "tls": True}, "sinks.ls.hosts", "http://"),
     ({"windw_max_events": 1}, "sinks.ls.windw_max_events", "unknown key"),

@@ -133,3 +133,9 @@ async def test_413_splits_the_request_and_refuses_only_an_event_too_large_alone(
     assert isinstance(outcome, Partial) and list(outcome.rejected) == [0] and not outcome.retry
     assert "HTTP 413 'this one is'" in outcome.reason
     assert [d["message"] for d in http_input.bodies[-1]] == ["line 11"]
+
+
+async def test_a_missing_password_file_fails_the_start_naming_the_key(make_sink: MakeSink, tmp_path: Path) -> None:
+    sink = make_sink(protocol="http", hosts=["http://127.0.0.1:1/"], user="u", password_file=str(tmp_path / "nope"))
+    with pytest.raises(RetryableSinkError, match="password_file"):
+        await sink.start()

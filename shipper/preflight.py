@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shipper.config import Config, Discovery
 from shipper.errors import ConfigError
@@ -166,13 +167,20 @@ class Verdict:
         return f"{self.target}: {'ok' if self.ok else 'FAILED'}: {self.detail}"
 
 
-def _why(e: BaseException) -> str:
-    from shipper.docker.client import cert_refused_alert
+def _refused(cert: str, alert: str) -> str:
+    which = f"tls_cert={cert}" if cert else "none was presented: set tls_cert and tls_key"
+    return f"refused shipper's client certificate ({which}): {alert}"
+
+
+def _why(e: BaseException, cert: str | None = None) -> str:
+    from shipper.docker.client import CERT_REFUSED_ALERTS, cert_refused_alert
 
     text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    alert = cert_refused_alert(e)
+    said = text.upper().replace(" ", "_")  # a sink may say the TLS error in its message, with no cause kept
+    alert = cert_refused_alert(e) or next((a for a in CERT_REFUSED_ALERTS if a in said), "")
     if alert:
-        text += f" (the other side refused shipper's client certificate: {alert})"
+        text += f" (the other side {_refused(cert, alert)})" if cert is not None else \
+            f" (the other side refused shipper's client certificate: {alert})"
     return text
 
 
@@ -206,6 +214,62 @@ async def _docker_verdict(cfg: Config) -> Verdict:
         await client.close()
 
 
+_TLS_SCHEMES = ("tls", "relp+tls", "https", "ssl", "sasl_ssl")
+PROBE_READ_SECS = 1.0  # how long a TLS probe waits for the server to refuse the certificate after the handshake
+
+
+def _tls_targets(sc: Any) -> list[tuple[str, int]]:
+    """(host, port) of every address a sink's config names that is reached over TLS: a tls-like scheme, or any
+    address when its `tls` key is true. Found by the usual key names (address, brokers, hosts), so a sink
+    declares nothing for `check --connect` to probe it."""
+    targets = []
+    for field in ("address", "addresses", "brokers", "hosts"):
+        value = getattr(sc, field, None)
+        for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            scheme, sep, rest = str(text).rpartition("://") if "://" in str(text) else ("", "", str(text))
+            if not (scheme.lower() in _TLS_SCHEMES or (getattr(sc, "tls", False) is True and sep == "")):
+                continue
+            u = urlsplit(f"x://{rest}")
+            with contextlib.suppress(ValueError):
+                if u.hostname and u.port:
+                    targets.append((u.hostname, u.port))
+    return targets
+
+
+async def _tls_probe(sc: Any) -> str:
+    """'' when every TLS address of the sink keeps the connection after the handshake; else what it said.
+    With TLS 1.3 a server checks the client certificate after the client thinks the handshake is done, so a
+    refused (or missing) certificate only shows as an alert on the first read: the sink's own health check,
+    which connects and sends nothing, would call the server reachable."""
+    targets = _tls_targets(sc)
+    if not targets:
+        return ""
+    ca, cert, key = (str(getattr(sc, f"tls_{n}", "") or "") for n in ("ca", "cert", "key"))
+    verify_name = bool(getattr(sc, "tls_verify_hostname", True))
+    server_name = str(getattr(sc, "tls_server_name", "") or "")
+    ctx = client_context(ca, cert, key, verify_hostname=verify_name)
+    for host, port in targets:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=ctx, server_hostname=server_name or host), 10)
+        except Exception as e:
+            return f"{host}:{port}: {_why(e)}"
+        try:
+            await asyncio.wait_for(reader.read(1), PROBE_READ_SECS)
+        except TimeoutError:
+            pass
+        except Exception as e:
+            from shipper.docker.client import cert_refused_alert
+
+            if cert_refused_alert(e):
+                return f"{host}:{port} {_refused(cert, cert_refused_alert(e))}"
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    return ""
+
+
 async def _sink_verdict(name: str, sc: SinkBase, cfg: Config, host: str) -> Verdict:
     target = f"sink {name} ({sc.type})"
     try:
@@ -216,11 +280,14 @@ async def _sink_verdict(name: str, sc: SinkBase, cfg: Config, host: str) -> Verd
         async with asyncio.timeout(CONNECT_TIMEOUT_SECS):
             await sink.start()
             await sink.healthcheck()
+            refused = await _tls_probe(sc)
+        if refused:
+            return Verdict(target, False, refused)
         return Verdict(target, True, "started and answered its health check")
     except TimeoutError:
         return Verdict(target, False, f"no answer in {CONNECT_TIMEOUT_SECS:.0f}s")
     except Exception as e:
-        return Verdict(target, False, _why(e))
+        return Verdict(target, False, _why(e, str(getattr(sc, "tls_cert", "") or "")))
     finally:
         with contextlib.suppress(Exception):  # closing a sink that never started may fail: the verdict stands
             await sink.close()

@@ -200,6 +200,10 @@ def test_image_ships_another_containers_lines_configured_by_env_only(
         assert not [e for e in evs if e["container"]["id"] == shipper.id], "shipper shipped its own lines"
         assert "via=JsonFileSource" in logs, "the json-file must be read with the one capability it was given"
         assert "Traceback" not in logs
+        health = docker_client.images.get(image).attrs["Config"]["Healthcheck"]["Test"]
+        assert health[0] == "CMD"
+        code, said = shipper.exec_run(health[1:])
+        assert code == 0, f"the image's HEALTHCHECK fails against the running admin server: {said!r}"
         st = os.stat(out / "events.jsonl")
         assert st.st_uid == IMAGE_UID and st.st_mode & 0o077 == 0
         shipper.stop(timeout=30)

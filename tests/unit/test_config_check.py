@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.conftest import require
+from tests.tlsutil import have_openssl, make_certs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -184,3 +190,65 @@ def test_check_connect_to_docker_says_whether_it_answered(cfg: tuple[Path, Path]
     assert r.returncode == 1
     assert f"docker (unix://{tmp_path}/no-docker.sock): FAILED" in r.stdout
     assert "sink out (null): ok" in r.stdout
+
+
+@pytest.fixture
+def mtls_server(tmp_path: Path) -> Iterator[tuple[int, Any]]:
+    """A TLS server (Python's ssl, OpenSSL underneath) that requires a client certificate signed by its CA;
+    (port, the certificates)."""
+    require("openssl", have_openssl())
+    certs = make_certs(tmp_path / "certs")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs.server_cert, certs.server_key)
+    ctx.load_verify_locations(certs.ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            try:
+                conn.settimeout(3)
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1], certs
+    stop.set()
+    t.join(5)
+    srv.close()
+
+
+def test_check_connect_says_a_client_certificate_was_refused(cfg: tuple[Path, Path], mtls_server: tuple[int, Any],
+                                                             tmp_path: Path) -> None:
+    """A TLS 1.3 receiver refuses the certificate after the handshake: the verdict says so, naming the file."""
+    path, state = cfg
+    port, certs = mtls_server
+    data_root = tmp_path / "docker"
+    (data_root / "containers").mkdir(parents=True)
+    base = (f'[docker]\ndiscovery = "files"\ndata_root = "{data_root}"\n[sinks.central]\ntype = "syslog"\n'
+            f'address = "tls://127.0.0.1:{port}"\ntls_ca = "{certs.ca}"\n')
+    write(path, state, base)
+    r = shipper("check", "--connect", "--config", str(path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "sink central (syslog): FAILED" in r.stdout and "client certificate" in r.stdout
+    other = make_certs(tmp_path / "other")  # a client certificate from a CA the receiver does not trust
+    write(path, state, base + f'tls_cert = "{other.client_cert}"\ntls_key = "{other.client_key}"\n')
+    r = shipper("check", "--connect", "--config", str(path))
+    assert r.returncode == 1 and f"tls_cert={other.client_cert}" in r.stdout, r.stdout + r.stderr
+    write(path, state, base + f'tls_cert = "{certs.client_cert}"\ntls_key = "{certs.client_key}"\n')
+    r = shipper("check", "--connect", "--config", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sink central (syslog): ok" in r.stdout

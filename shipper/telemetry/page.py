@@ -61,7 +61,10 @@ function chart(title, series, maxY, unit) {
       + ` stroke-width="1.6"${s.dash ? ' stroke-dasharray="4 3"' : ""} points="${pts}"/>`;
   }
   svg += "</svg>";
-  const legend = series.map(s => `<span style="color:${s.color}">&#9632; ${esc(s.name)}</span>`).join("");
+  const last = s => s.values.length ? s.values[s.values.length - 1] : null;
+  const legend = series.map(s => `<span style="color:${s.color}">&#9632; ${esc(s.name)} `
+    + `<b class="now">${num(last(s) === null ? null : Math.round(last(s)))}${unit === "%%" ? "%%" : "/s"}</b></span>`)
+    .join("");
   return `<div class="chart"><div>${esc(title)}</div>${svg}<div class="legend">${legend}</div></div>`;
 }
 
@@ -106,7 +109,7 @@ function render(st) {
     {name: "in", values: hist.in, color: "#1565c0", dash: true},
     {name: "out", values: hist.out[n], color: colors[i %% 4]}])));
   const fill = hist.buffer_fill.map(v => 100 * v);
-  charts.push(chart("buffer fill", [{name: "fill %%", values: fill, color: "#6a1b9a"}], 100, "%%"));
+  charts.push(chart("buffer fill", [{name: "fill", values: fill, color: "#6a1b9a"}], 100, "%%"));
   document.getElementById("charts").innerHTML = charts.join("");
 }
 

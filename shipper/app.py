@@ -228,21 +228,24 @@ class App:
         and try again, so reading stops and Docker's own files keep the logs meanwhile."""
         assert self.buffer is not None
         backoff = Backoff(0.5, 30.0, floor=0.1)  # every try writes: a floor keeps a full disk from being spun on
-        while True:
-            try:
-                self.ops.push_started(batch)
-                await self.buffer.push(batch)
-                self.ops.pushed(batch)
-                if self._spool_failing:  # said once per outage, by the first reader through
-                    self._spool_failing = False
-                    log.warning("spool writable again, reading resumed (write errors so far: %d)",
-                                self.metrics.get("shipper_spool_write_errors_total"))
-                return
-            except SpoolError as e:
-                self._spool_failing = True
-                delay = backoff.next_delay()
-                tel.spool_push_failed(self.metrics, e, delay)
-                await asyncio.sleep(delay)
+        self.ops.push_started(batch)  # a push that waits long means reading is paused (the page says so)
+        try:
+            while True:
+                try:
+                    await self.buffer.push(batch)
+                    self.ops.pushed(batch)
+                    if self._spool_failing:  # said once per outage, by the first reader through
+                        self._spool_failing = False
+                        log.warning("spool writable again, reading resumed (write errors so far: %d)",
+                                    self.metrics.get("shipper_spool_write_errors_total"))
+                    return
+                except SpoolError as e:
+                    self._spool_failing = True
+                    delay = backoff.next_delay()
+                    tel.spool_push_failed(self.metrics, e, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            self.ops.push_ended(batch)
 
     def _safe(self, cp: Checkpoint) -> None:
         self.offsets.commit(cp)

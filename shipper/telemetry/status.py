@@ -106,8 +106,11 @@ class Status:
     def push_started(self, batch: Batch) -> None:
         self._pushing[id(batch)] = time.monotonic()
 
-    def pushed(self, batch: Batch) -> None:
+    def push_ended(self, batch: Batch) -> None:
+        """The push is over: done, or given up (its reader was stopped)."""
         self._pushing.pop(id(batch), None)
+
+    def pushed(self, batch: Batch) -> None:
         if batch.events:
             lag = self.lags.get(batch.container.id)
             if lag is None:

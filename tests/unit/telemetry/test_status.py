@@ -68,6 +68,7 @@ def test_pause_is_logged_once_each_way(tmp_path: Path, caplog) -> None:  # type:
     assert app.metrics.get("shipper_reading_paused") == 1
     assert app.metrics.get("shipper_reading_pauses_total", reason="buffer_full") == 1
     app.ops.pushed(b)
+    app.ops.push_ended(b)
     app.ops._watch_pause()
     assert app.metrics.get("shipper_reading_paused") == 0
     said = [r.getMessage() for r in caplog.records if "reading" in r.getMessage()]

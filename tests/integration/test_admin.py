@@ -5,6 +5,7 @@ it in the terminal (and says so when the daemon is not running)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.integration.admin_support import AdminShipper, by_label
@@ -22,8 +24,9 @@ LINES = 400
 SCRIPT = f"i=1; while [ $i -le {LINES} ]; do echo \"line $i\"; i=$((i+1)); usleep 4000; done"
 
 
-def test_metrics_match_what_arrived(tmp_path: Path, run_container: Any) -> None:
-    d = AdminShipper(tmp_path).start()
+def test_metrics_match_what_arrived(tmp_path: Path, run_container: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHIPPER_TELEMETRY_LOG_FORMAT", "json")  # its own log as JSON lines, checked at the end
+    d = AdminShipper(tmp_path, stats_secs=0.5).start()
     d.wait_admin()
     containers = [run_container(["sh", "-c", SCRIPT], labels=d.labels) for _ in range(3)]
     names = {c.name for c in containers}
@@ -93,5 +96,11 @@ def test_metrics_match_what_arrived(tmp_path: Path, run_container: Any) -> None:
     assert text.count("\x1b[H\x1b[2J") >= 3 and text.count("SINK") >= 3  # redrawn in place, again and again
 
     assert d.stop() == 0
+    logged = [orjson.loads(line) for line in d.log_text().splitlines()]  # every line is a JSON object
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(e["time"])) for e in logged)
+    reading = {e["name"] for e in logged if e["message"] == "reading container"}
+    assert reading >= names  # the fields are fields
+    sink_stats = [e for e in logged if e["message"] == "stats" and e.get("sink") == "out"]
+    assert sink_stats and sink_stats[-1]["events_sent"] == 3 * LINES and sink_stats[-1]["state"] == "up"
     gone = d.cli("status")
     assert gone.returncode == 3 and "not running" in gone.stdout

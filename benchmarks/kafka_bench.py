@@ -35,8 +35,11 @@ from tests.integration.kafka import Tansu  # noqa: E402
 
 
 def kafka_config(data: Path, state: Path, broker: str, buffer: str, compression: str, partitioner: str,
-                 in_flight: int, batch: int) -> str:
+                 in_flight: int, batch: int, buffer_max_events: int) -> str:
     head = bench_config(data, state, buffer).split("[sinks.null]")[0]
+    if buffer_max_events:
+        head = head.replace(f'[buffer]\ntype = "{buffer}"\n',
+                            f'[buffer]\ntype = "{buffer}"\nmax_events = {buffer_max_events}\n')
     return head + f"""[sinks.kafka]
 type = "kafka"
 brokers = ["{broker}"]
@@ -65,6 +68,8 @@ def main() -> None:
     ap.add_argument("--partitioner", default="hash", choices=["hash", "round_robin"])
     ap.add_argument("--max-in-flight", type=int, default=8)
     ap.add_argument("--batch-max-events", type=int, default=8192)
+    ap.add_argument("--buffer-max-events", type=int, default=0, help="memory buffer: most events held "
+                                                                         "(0: the daemon's default)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="keep the work folder (configs) and print it")
     a = ap.parse_args()
@@ -86,7 +91,7 @@ def main() -> None:
             state = work / f"state-{run}"
             cfg = work / f"kafka-{run}.toml"
             cfg.write_text(kafka_config(data, state, broker.address, a.buffer, a.compression, a.partitioner,
-                                        a.max_in_flight, a.batch_max_events))
+                                        a.max_in_flight, a.batch_max_events, a.buffer_max_events))
             out = subprocess.run([sys.executable, str(HERE / "pipeline_bench.py"), "--child", str(cfg),
                                   str(entries), "--timeout", str(a.timeout)], capture_output=True, text=True,
                                  check=True)
@@ -107,7 +112,8 @@ def main() -> None:
 
     print(f"\nshipper kafka benchmark: {records:,} records = {entries:,} json-file entries, {a.containers} "
           f"containers, buffer={a.buffer}, compression={a.compression}, partitioner={a.partitioner}, "
-          f"max_in_flight={a.max_in_flight}, batch_max_events={a.batch_max_events}, acks=all, median of "
+          f"max_in_flight={a.max_in_flight}, batch_max_events={a.batch_max_events}, "
+          f"buffer_max_events={a.buffer_max_events or 'default'}, acks=all, median of "
           f"{a.runs} runs")
     print(f"| {'figure':<34} | {'median':>12} |")
     print(f"|{'-' * 36}|{'-' * 14}|")

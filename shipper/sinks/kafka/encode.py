@@ -134,18 +134,25 @@ class EncoderOptions:
     host_name: str = ""
 
 
+Header = tuple[str, bytes]
+
+
 @dataclass(slots=True)
 class Records:
     """A request's records as parallel lists, one entry per event of the request in order (a dropped event
-    keeps its place with value None, so indices stay those of the request). `container` tells apart the runs
-    of one container (round-robin keeps a run together); `nbytes` is what a record weighs uncompressed."""
+    keeps its place with value None, so indices stay those of the request). Only atoms are kept per record
+    (bytes, ints, shared tuples): a list per record, kept alive for a whole request, would cost more in the
+    garbage collector than in building it, so the headers are put together as the record is sent
+    (`headers_of`). `containers` (the container id) tells apart the runs of one container (round-robin keeps
+    a run together); `nbytes` is what a record weighs uncompressed."""
 
     topics: list[str] = field(default_factory=list)
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
-    headers: list[list[tuple[str, bytes]]] = field(default_factory=list)
+    event_ids: list[bytes] = field(default_factory=list)
+    containers: list[bytes] = field(default_factory=list)
+    extra: list[tuple[Header, ...] | None] = field(default_factory=list)  # headers after the two ids
     timestamps: list[int | None] = field(default_factory=list)
-    containers: list[str] = field(default_factory=list)
     nbytes: list[int] = field(default_factory=list)
     truncated: list[tuple[str, int]] = field(default_factory=list)  # (container name, size before the cut)
     dropped: list[tuple[str, int]] = field(default_factory=list)  # (container name, size) of events left out
@@ -153,25 +160,48 @@ class Records:
     def __len__(self) -> int:
         return len(self.values)
 
+    def headers_of(self, i: int) -> list[Header]:
+        hs = [(H_EVENT_ID, self.event_ids[i]), (H_CONTAINER_ID, self.containers[i])]
+        extra = self.extra[i]
+        if extra:
+            hs.extend(extra)
+        return hs
+
     def subset(self, indices: list[int]) -> Records:
         """The records at `indices` (ascending), as encoding those events alone gives them."""
         return Records([self.topics[i] for i in indices], [self.keys[i] for i in indices],
-                       [self.values[i] for i in indices], [self.headers[i] for i in indices],
-                       [self.timestamps[i] for i in indices], [self.containers[i] for i in indices],
-                       [self.nbytes[i] for i in indices])
+                       [self.values[i] for i in indices], [self.event_ids[i] for i in indices],
+                       [self.containers[i] for i in indices], [self.extra[i] for i in indices],
+                       [self.timestamps[i] for i in indices], [self.nbytes[i] for i in indices])
 
     def wire(self) -> list[bytes]:
         """Each record as one byte string (topic, key, headers, value): for tests that compare requests."""
         out = []
         for i in range(len(self.values)):
-            hs = b"".join(k.encode() + b"=" + v + b";" for k, v in self.headers[i])
+            hs = b"".join(k.encode() + b"=" + v + b";" for k, v in self.headers_of(i))
             out.append(b"|".join((self.topics[i].encode(), self.keys[i] or b"-", hs, self.values[i] or b"-",
                                   str(self.timestamps[i]).encode())))
         return out
 
 
+_SECOND_MS: dict[str, int] = {}  # 'YYYY-MM-DDThh:mm:ss' -> ms since the epoch: a batch shares its seconds
+
+
 def timestamp_ms(text: str) -> int | None:
-    """The event's time as the record's CreateTime; None (the producer's clock) when it cannot be read."""
+    """The event's time as the record's CreateTime; None (the producer's clock) when it cannot be read.
+    Docker's own form with at least milliseconds takes a fast path (the second looked up, the ms added)."""
+    if len(text) >= 24 and text[19] == "." and text[-1] == "Z" and text[20:23].isdigit():
+        prefix = text[:19]
+        base = _SECOND_MS.get(prefix)
+        if base is None:
+            try:
+                base = parse_ns(prefix + "Z") // NS_PER_MS
+            except ValueError:
+                return None
+            if len(_SECOND_MS) > 4096:
+                _SECOND_MS.clear()
+            _SECOND_MS[prefix] = base
+        return base + int(text[20:23])
     try:
         return parse_ns(text) // NS_PER_MS
     except ValueError:
@@ -198,7 +228,7 @@ class KafkaEncoder:
         self.key = Template(options.key) if options.key else None
         self._meta: ContainerMeta | None = None
         self._tail = b""
-        self._meta_headers: list[tuple[str, bytes]] = []
+        self._meta_headers: tuple[Header, ...] = ()
         self._per_stream: dict[str, tuple[str, bytes | None]] = {}
 
     def _container(self, meta: ContainerMeta) -> None:
@@ -214,7 +244,7 @@ class KafkaEncoder:
         if meta.compose_service:
             hs.append((H_SERVICE, meta.compose_service.encode()))
         hs.extend((H_LABEL + k, v.encode()) for k, v in sorted(meta.labels.items()))
-        self._meta_headers = hs
+        self._meta_headers = tuple(hs)
 
     def _route(self, meta: ContainerMeta, stream: str) -> tuple[str, bytes | None]:
         """Topic and key of this container's events on `stream` (worked out once per batch and stream)."""
@@ -247,14 +277,19 @@ class KafkaEncoder:
         dumps = orjson.dumps
         flag_lists = FLAG_LISTS
         route = self._route
-        topics, keys, values, headers = out.topics, out.keys, out.values, out.headers
-        stamps, containers, sizes = out.timestamps, out.containers, out.nbytes
-        base = len(H_EVENT_ID) + len(H_CONTAINER_ID) + len(cid_b) + 24
+        second_ms = _SECOND_MS.get
+        topics, keys, values, eids = out.topics, out.keys, out.values, out.event_ids
+        containers, extras, stamps, sizes = out.containers, out.extra, out.timestamps, out.nbytes
+        base = len(H_EVENT_ID) + len(H_CONTAINER_ID) + len(cid_b) + 24 + 24  # the two headers, the event id
+        per_stream = self.topic.uses_stream or (self.key is not None and self.key.uses_stream)
+        topic, key = route(meta, "stdout")
+        fixed = base + (len(key) if key else 0)
+        extra: tuple[Header, ...] | None = None
         for ev in batch.events:
-            topic, key = route(meta, ev.stream)
+            if per_stream:
+                topic, key = route(meta, ev.stream)
+                fixed = base + (len(key) if key else 0)
             eid = event_id(cid, ev)
-            eid_b = eid.encode()
-            fixed = base + (len(key) if key else 0)
             if ecs:
                 head: dict[str, Any] = {"@timestamp": ev.timestamp, "message": ev.message, "stream": ev.stream,
                                         "event": {"id": eid}}
@@ -263,30 +298,35 @@ class KafkaEncoder:
                 if ev.flags:
                     head["log"] = {"flags": flag_lists[ev.flags]}
                 value: bytes | None = dumps(head)[:-1] + tail
-                hs = [(H_EVENT_ID, eid_b), (H_CONTAINER_ID, cid_b)]
                 size = fixed + len(value)  # type: ignore[arg-type]
                 if size > limit:
                     value, size = self._fit_ecs(head, ev, fixed, limit, size, meta.name, out)
             else:
                 value = ev.message.encode()
-                hs = self._message_headers(eid_b, cid_b, ev, ev.flags)
-                size = fixed + len(value) + sum(len(k) + len(v) + 2 for k, v in hs)
+                extra = self._message_headers(ev, ev.flags)
+                size = fixed + len(value) + sum(len(k) + len(v) + 2 for k, v in extra)
                 if size > limit:
-                    value, hs, size = self._fit_message(value, eid_b, cid_b, ev, limit, size, meta.name, out)
+                    value, extra, size = self._fit_message(value, ev, fixed, limit, size, meta.name, out)
             topics.append(topic)
             keys.append(key)
             values.append(value)
-            headers.append(hs)
-            stamps.append(timestamp_ms(ev.timestamp))
-            containers.append(cid)
+            eids.append(eid.encode())
+            containers.append(cid_b)
+            extras.append(extra)
+            ts = ev.timestamp
+            ms = second_ms(ts[:19])  # inline fast path of timestamp_ms: Docker's form, a known second
+            if ms is not None and len(ts) >= 24 and ts[19] == "." and ts[-1] == "Z" and ts[20:23].isdigit():
+                stamps.append(ms + int(ts[20:23]))
+            else:
+                stamps.append(timestamp_ms(ts))
             sizes.append(size)
 
-    def _message_headers(self, eid: bytes, cid: bytes, ev: Event, flags: int) -> list[tuple[str, bytes]]:
-        hs = [(H_EVENT_ID, eid), (H_CONTAINER_ID, cid), (H_TIMESTAMP, ev.timestamp.encode()),
-              (H_STREAM, ev.stream.encode())]
-        hs.extend(self._meta_headers)
+    def _message_headers(self, ev: Event, flags: int) -> tuple[Header, ...]:
+        """The headers of a raw-message record after event.id and container.id: the event's time and stream,
+        the container's metadata, the flags."""
+        hs = ((H_TIMESTAMP, ev.timestamp.encode()), (H_STREAM, ev.stream.encode()), *self._meta_headers)
         if flags:
-            hs.append((H_FLAGS, ",".join(FLAG_LISTS[flags]).encode()))
+            hs += ((H_FLAGS, ",".join(FLAG_LISTS[flags]).encode()),)
         return hs
 
     def _fit_ecs(self, head: dict[str, Any], ev: Event, fixed: int, limit: int, size: int, name: str,
@@ -318,13 +358,13 @@ class KafkaEncoder:
         out.dropped.append((name, size))
         return None, 0
 
-    def _fit_message(self, value: bytes, eid: bytes, cid: bytes, ev: Event, limit: int, size: int, name: str,
-                     out: Records) -> tuple[bytes | None, list[tuple[str, bytes]], int]:
-        hs = self._message_headers(eid, cid, ev, ev.flags | Flag.TRUNCATED)
+    def _fit_message(self, value: bytes, ev: Event, fixed: int, limit: int, size: int, name: str,
+                     out: Records) -> tuple[bytes | None, tuple[Header, ...], int]:
+        hs = self._message_headers(ev, ev.flags | Flag.TRUNCATED)
         if self.options.oversize is Oversize.DROP:
             out.dropped.append((name, size))
             return None, hs, 0
-        rest = size - len(value) + 12  # what the record weighs without its value (and the longer flags)
+        rest = fixed + sum(len(k) + len(v) + 2 for k, v in hs)  # what the record weighs without its value
         if rest >= limit:
             out.dropped.append((name, size))
             return None, hs, 0

@@ -28,7 +28,7 @@ from shipper.errors import RetryableSinkError
 from shipper.event import Batch
 from shipper.sinks.base import Partial, Request, Sink, SinkContext, pick
 from shipper.sinks.kafka.config import Acks, KafkaConfig, Partitioner, SaslMechanism
-from shipper.sinks.kafka.encode import RECORD_OVERHEAD, KafkaEncoder, Records
+from shipper.sinks.kafka.encode import H_CONTAINER_ID, H_EVENT_ID, RECORD_OVERHEAD, KafkaEncoder, Records
 from shipper.telemetry import events as tel
 from shipper.tls import TlsFileError
 
@@ -93,6 +93,12 @@ class KafkaSink(Sink):
         self._hash_cache: dict[tuple[bytes, int], int] = {}
         self._batch_limit: dict[str, int] = {}  # topic -> bytes of a partition batch, lowered when refused as too large
         self._murmur2: Any = None
+        # Requests in flight take turns on each partition, in the order they came: `_queued` holds, per partition,
+        # the future the last request sets once its batches for that partition are queued in the producer. So a
+        # key's records keep their order across requests in flight, and at most one batch waits in aiokafka's
+        # queue per partition (its wait for room has a deadline that shrinks faster for each waiter).
+        self._admission = asyncio.Lock()
+        self._queued: dict[tuple[str, int], asyncio.Future[None]] = {}
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -223,46 +229,83 @@ class KafkaSink(Sink):
             if recs.values[i] is not None:
                 by_topic[topic].append(i)
         placed: dict[tuple[str, int], list[int]] = {}
-        for topic, indices in by_topic.items():
-            try:
-                partitions = sorted(await producer.partitions_for(topic))
-            except Exception as e:
-                self._failed(topic, indices, e, retry, rejected, reasons)
-                continue
-            self._place(recs, topic, indices, partitions, placed)
-        sent: list[tuple[str, list[int], Any]] = []  # topic, indices, future of the broker's answer
-        for (topic, partition), indices in placed.items():
-            for chunk in self._chunks(recs, topic, indices):
-                builder = producer.create_batch()
-                for i in chunk:
-                    builder.append(timestamp=recs.timestamps[i], key=recs.keys[i], value=recs.values[i],
-                                   headers=recs.headers[i])
-                builder.close()
+        turns: dict[tuple[str, int], tuple[asyncio.Future[None] | None, asyncio.Future[None]]] = {}
+        async with self._admission:  # requests take their turn on each partition in the order they came
+            for topic, indices in by_topic.items():
                 try:
-                    fut = await producer.send_batch(builder, topic, partition=partition)
+                    partitions = sorted(await producer.partitions_for(topic))
                 except Exception as e:
-                    self._failed(topic, chunk, e, retry, rejected, reasons)
+                    self._failed(topic, indices, e, retry, rejected, reasons)
                     continue
-                sent.append((topic, chunk, fut))
+                self._place(recs, topic, indices, partitions, placed)
+            loop = asyncio.get_running_loop()
+            for tp in placed:
+                mine: asyncio.Future[None] = loop.create_future()
+                turns[tp] = (self._queued.get(tp), mine)
+                self._queued[tp] = mine
+        queued = await asyncio.gather(*(self._queue(producer, recs, tp, indices, *turns[tp])
+                                        for tp, indices in placed.items()))
+        sent = [(tp[0], chunk, fut) for tp, chunks in zip(placed, queued, strict=True) for chunk, fut in chunks]
         outcomes = await asyncio.gather(*(f for _, _, f in sent), return_exceptions=True)
         elapsed = time.monotonic() - started
         delivered: dict[str, list[int]] = defaultdict(list)
         for (topic, chunk, _), outcome in zip(sent, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if isinstance(outcome, asyncio.CancelledError):
-                    raise outcome
-                self._failed(topic, chunk, outcome, retry, rejected, reasons)
-            else:
+            if outcome is None or not isinstance(outcome, BaseException):
                 delivered[topic].extend(chunk)
+                continue
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            self._failed(topic, chunk, outcome, retry, rejected, reasons)
+        nbytes = recs.nbytes.__getitem__
         for topic, idx in delivered.items():
-            tel.kafka_sent(self.context.metrics, self.context.name, topic, len(idx),
-                           sum(recs.nbytes[i] for i in idx), elapsed)
+            tel.kafka_sent(self.context.metrics, self.context.name, topic, len(idx), sum(map(nbytes, idx)),
+                           elapsed)
         if not retry and not rejected:
             return None
         reason = "; ".join(dict.fromkeys(reasons)) or "records larger than max_message_bytes"
         if retry and not rejected and not delivered:
             raise RetryableSinkError(reason)
         return Partial(retry=retry, rejected=rejected, reason=reason)
+
+    async def _queue(self, producer: Any, recs: Records, tp: tuple[str, int], indices: list[int],
+                     before: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> list[tuple[list[int], Any]]:
+        """Hand one partition's records to the producer as record batches, once the request before this one has
+        handed over its own for this partition (so a key's records stay in order across requests in flight).
+        Returns each chunk of records with the future of the broker's answer, or with the exception that kept
+        it from being queued (a chunk after a failed one is not sent either: it would land before it)."""
+        topic, partition = tp
+        out: list[tuple[list[int], Any]] = []
+        try:
+            if before is not None and not before.done():
+                await asyncio.wait([before])
+            stamps, keys, values, eids, cids, extras = (recs.timestamps, recs.keys, recs.values, recs.event_ids,
+                                                        recs.containers, recs.extra)
+            failed: BaseException | None = None
+            for chunk in self._chunks(recs, topic, indices):
+                if failed is not None:
+                    out.append((chunk, _failed_future(failed)))
+                    continue
+                builder = producer.create_batch()
+                append = builder.append
+                for i in chunk:
+                    hs = [(H_EVENT_ID, eids[i]), (H_CONTAINER_ID, cids[i])]
+                    extra = extras[i]
+                    if extra:
+                        hs.extend(extra)
+                    append(timestamp=stamps[i], key=keys[i], value=values[i], headers=hs)
+                builder.close()
+                try:
+                    fut = await producer.send_batch(builder, topic, partition=partition)
+                except Exception as e:
+                    failed = e
+                    fut = _failed_future(e)
+                out.append((chunk, fut))
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+            if self._queued.get(tp) is mine:
+                del self._queued[tp]
+        return out
 
     def _place(self, recs: Records, topic: str, indices: list[int], partitions: list[int],
                placed: dict[tuple[str, int], list[int]]) -> None:
@@ -294,6 +337,8 @@ class KafkaSink(Sink):
         """The records of one partition cut into record batches of at most the topic's batch limit."""
         limit = self._batch_limit.get(topic, self.config.producer_batch_bytes)
         sizes = recs.nbytes
+        if sum(map(sizes.__getitem__, indices)) + RECORD_OVERHEAD * len(indices) <= limit:
+            return [indices]  # the usual case: one batch
         out: list[list[int]] = []
         cur: list[int] = []
         size = 0
@@ -326,3 +371,9 @@ class KafkaSink(Sink):
             return
         retry.extend(indices)
         reasons.append(f"kafka sink {self.context.name} topic {topic}: {describe(e)}")
+
+
+def _failed_future(e: BaseException) -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_exception(e)
+    return fut

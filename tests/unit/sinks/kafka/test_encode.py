@@ -38,7 +38,7 @@ def test_ecs_value_is_the_json_line_every_json_sink_writes_and_headers_carry_the
     assert recs.values == lines
     assert recs.keys == [CID.encode()] * 2
     assert recs.topics == ["logs", "logs"]
-    assert recs.headers[0] == [("event.id", event_id(CID, EV).encode()), ("container.id", CID.encode())]
+    assert recs.headers_of(0) == [("event.id", event_id(CID, EV).encode()), ("container.id", CID.encode())]
     assert recs.timestamps == [1795729854129, 1795729854200]
     assert orjson.loads(recs.values[0] or b"")["event"]["id"] == event_id(CID, EV)
 
@@ -57,7 +57,7 @@ def test_message_value_puts_the_metadata_in_headers() -> None:
     ev = Event("2026-11-26T21:50:54.1Z", "raw \u00e9 line", "stderr", None, Flag.MULTILINE, 1)
     recs = enc(value=ValueFormat.MESSAGE).encode([Batch(META, [ev])])
     assert recs.values == ["raw \u00e9 line".encode()]
-    assert recs.headers[0] == [
+    assert recs.headers_of(0) == [
         ("event.id", event_id(CID, ev).encode()), ("container.id", CID.encode()),
         ("@timestamp", b"2026-11-26T21:50:54.1Z"), ("stream", b"stderr"), ("container.name", b"shop-web-1"),
         ("container.image.name", b"shop/web:1.0"), ("host.name", b"node-1"),
@@ -111,7 +111,7 @@ def test_an_oversize_event_is_cut_to_fit_and_flagged_only_it(value: ValueFormat)
         assert orjson.loads(recs.values[0] or b"")["message"] == "small"
     else:
         assert big.message.encode().startswith(cut) and cut.decode()
-        assert ("log.flags", b"truncated") in recs.headers[1]
+        assert ("log.flags", b"truncated") in recs.headers_of(1)
         assert recs.values[0] == b"small"
 
 

@@ -41,7 +41,7 @@ from shipper.errors import ConfigError, SpoolError
 from shipper.event import Batch, Checkpoint
 from shipper.preflight import make_state_dir, may
 from shipper.sinks import sink_class
-from shipper.sinks.base import SinkContext
+from shipper.sinks.base import SinkBase, SinkContext
 from shipper.sinks.runner import SinkRunner
 from shipper.sources.base import LogSource, SourceContext
 from shipper.sources.offsets import OffsetStore
@@ -125,6 +125,9 @@ class App:
         self.docker_watch: DockerWatch | None = None
         self.last_change = 0.0  # monotonic time discovery last reported a container change
         self._gone_labels: dict[str, str] = {}  # id of a removed container -> its metric label
+        self.reload_config: Callable[[], Config] | None = None  # set by `shipper run`: reads the config again
+        self.sink_tasks: dict[str, asyncio.Task[None]] = {}  # sink name -> the task running its runner
+        self._reloading: asyncio.Task[bool] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -142,8 +145,18 @@ class App:
         self._stop.set()
 
     def _on_hangup(self) -> None:
-        log.warning("SIGHUP received: reloading the config is not available in this version; still running "
-                    "with the config it started with (restart shipper to apply a new one)")
+        """SIGHUP: read the config again and apply its sinks (shipper.reload); never stops the daemon."""
+        if self.reload_config is None or self._tasks is None:
+            log.warning("SIGHUP received: this config cannot be read again (it came from standard input); still "
+                        "running with the config it started with")
+            return
+        if self._reloading is not None and not self._reloading.done():
+            log.warning("SIGHUP received while a reload is still running: ignored")
+            return
+        from shipper.reload import reload
+
+        log.info("SIGHUP received: reloading the config")
+        self._reloading = self._tasks.create_task(reload(self, self.reload_config), name="reload")
 
     async def _resolve_host_name(self) -> None:
         """host.name, once, before anything uses it: inside a container shipper's own host name is the
@@ -181,8 +194,8 @@ class App:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
-                sink_tasks = [tg.create_task(self._supervised(f"sink:{n}", r.run), name=f"sink:{n}")
-                              for n, r in self.runners.items()]
+                for n, r in self.runners.items():
+                    self.sink_tasks[n] = tg.create_task(self._supervised(f"sink:{n}", r.run), name=f"sink:{n}")
                 background = [tg.create_task(self._supervised("discovery", self._discover), name="discovery"),
                               tg.create_task(self._supervised("offsets", self._save_offsets_periodically),
                                              name="offsets")]
@@ -200,7 +213,7 @@ class App:
                     t.cancel()
                 await self._stop_readers()
                 await self._drain(self.config.buffer.shutdown_drain_secs)
-                for t in sink_tasks:
+                for t in self.sink_tasks.values():
                     t.cancel()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -252,12 +265,41 @@ class App:
 
     def _make_runners(self) -> None:
         assert self.buffer is not None
-        host = self.config.host.resolved_name
         for name, sc in self.config.sinks.items():
-            sink = sink_class(sc.type)(sc, SinkContext(name, self.state_dir, host, self.metrics))
-            runner = _TrackedRunner(name, sink, self.buffer.cursor(name), self.metrics)
-            runner.on_delivered = self.ops.delivered
-            self.runners[name] = runner
+            self.runners[name] = self._make_runner(name, sc)
+
+    def _make_runner(self, name: str, sc: SinkBase) -> SinkRunner:
+        assert self.buffer is not None
+        sink = sink_class(sc.type)(sc, SinkContext(name, self.state_dir, self.config.host.resolved_name,
+                                                   self.metrics))
+        runner = _TrackedRunner(name, sink, self.buffer.cursor(name), self.metrics)
+        runner.on_delivered = self.ops.delivered
+        return runner
+
+    def start_sink(self, name: str, sc: SinkBase) -> None:
+        """A sink added or changed by a reload: its runner on the sink's cursor (new, or the old one rewound)."""
+        assert self._tasks is not None
+        runner = self.runners[name] = self._make_runner(name, sc)
+        self.sink_tasks[name] = self._tasks.create_task(self._supervised(f"sink:{name}", runner.run),
+                                                        name=f"sink:{name}")
+
+    async def stop_sink(self, name: str, remove_cursor: bool) -> None:
+        """A sink removed or changed by a reload: its runner stopped (requests in flight are not acked: the
+        cursor hands them out again), the sink closed; a removed sink's cursor no longer holds the buffer."""
+        task = self.sink_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        runner = self.runners.pop(name, None)
+        if runner is not None:
+            try:
+                async with asyncio.timeout(SINK_CLOSE_SECS):
+                    await runner.sink.close()
+            except Exception as e:
+                log.warning("sink close failed sink=%s error=%r", name, e)
+        if remove_cursor and self.buffer is not None:
+            self.buffer.remove_cursor(name)
 
     async def _stop_readers(self) -> None:
         readers = list(self.readers.values())

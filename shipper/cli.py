@@ -73,6 +73,17 @@ def _preflight_or_exit(cfg: Config, verb: str) -> None:
         raise SystemExit(2)
 
 
+def _reread(args: argparse.Namespace) -> Config:
+    """The config again for a reload (SIGHUP), checked as `check` checks it: the first problem is raised."""
+    from shipper.preflight import preflight
+
+    cfg = load(args.config, overrides=getattr(args, "set", None) or [])
+    problems = preflight(cfg)
+    if problems:
+        raise problems[0]
+    return cfg
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_or_exit(args)
     setup_logging(args.log_level or cfg.telemetry.log_level, cfg.telemetry.log_format)
@@ -81,6 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         app = App(cfg)
+        if str(config_path(args.config)) != "-":  # standard input cannot be read again
+            app.reload_config = lambda: _reread(args)
         for name, sc in cfg.sinks.items():
             where = (f" writing to {getattr(sc, 'path', '') or app.state_dir / 'events.jsonl'}"
                      if sc.type == "file" else "")

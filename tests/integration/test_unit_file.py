@@ -45,3 +45,20 @@ def test_unit_has(line: str) -> None:
     """What the README promises of the unit: reload by SIGHUP, owner-only files, one capability, no restart loop
     on a config error (exit 2), and the config checked before start."""
     assert any(raw.startswith(line) for raw in UNIT.read_text().splitlines())
+
+
+NON_ROOT_DROP_IN = ["DynamicUser=yes", "AmbientCapabilities=CAP_DAC_READ_SEARCH",
+                    "Environment=SHIPPER_DOCKER_DISCOVERY=files"]
+
+
+def test_the_non_root_variant_verifies_and_scores_lower(tmp_path: Path) -> None:
+    """The drop-in the README gives for running without root (discovery = "files", one capability)."""
+    text = UNIT.read_text().replace("User=root\n", "\n".join(NON_ROOT_DROP_IN) + "\n")
+    assert "DynamicUser=yes" in text
+    unit = tmp_path / "shipper.service"
+    unit.write_text(text)
+    r = _analyze("verify", str(unit))
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    r = _analyze("security", "--offline=yes", "--no-pager", str(unit))
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout + r.stderr)
+    assert m and float(m.group(1)) <= MAX_EXPOSURE, r.stdout

@@ -168,14 +168,53 @@ def test_a_second_sigterm_stops_at_once_with_offsets_saved(tmp_path: Path, daemo
     assert "Traceback" not in text
 
 
-def test_sighup_does_not_kill_it(tmp_path: Path, daemons: list[Daemon]) -> None:
+def append_lines(data_root: Path, first: int, n: int) -> None:
+    with (data_root / "containers" / CID / f"{CID}-json.log").open("a") as f:
+        for k in range(first, first + n):
+            f.write(json.dumps({"log": f"line {k}\n", "stream": "stdout",
+                                "time": f"2026-11-30T00:01:{k % 60:02d}.000000000Z"}) + "\n")
+
+
+def messages(path: Path) -> list[str]:
+    return [json.loads(line)["message"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_sighup_reloads_the_sinks_and_never_kills_it(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """SIGHUP applies added, changed and removed sinks; a bad config is refused and the old one kept; a change
+    that takes a restart (the buffer's type) is said; the daemon never stops (it used to exit 129)."""
     d = Daemon(tmp_path, "")
+    base = d.config.read_text()
     daemons.append(d.start())
     d.wait_for(lambda: d.delivered() == LINES, "every line delivered")
     assert d.proc is not None
-    d.proc.send_signal(signal.SIGHUP)
-    d.wait_for(lambda: "reloading the config is not available" in d.text(), "SIGHUP to be logged")
+    second, third = tmp_path / "second" / "events.jsonl", tmp_path / "third" / "events.jsonl"
+
+    def reload(body: str, *says: str) -> None:
+        d.config.write_text(base + body)
+        d.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        d.wait_for(lambda: all(x in d.text() for x in says), f"the reload to say {says!r}")
+        d.log.write_text("")  # the next reload's message is looked for alone
+
+    reload(f'[sinks.second]\ntype = "file"\npath = "{second}"\n', "sinks added=second removed=- changed=-")
+    append_lines(d.data_root, LINES, 10)
+    d.wait_for(lambda: d.delivered() == LINES + 10 and len(messages(second)) == 10, "the new sink to deliver")
+    assert messages(second) == [f"line {k}" for k in range(LINES, LINES + 10)]
+
+    reload(f'[sinks.second]\ntype = "file"\npath = "{third}"\n', "changed=second")
+    append_lines(d.data_root, LINES + 10, 10)
+    d.wait_for(lambda: d.delivered() == LINES + 20 and len(messages(third)) == 10, "the changed sink to deliver")
+    assert len(messages(second)) == 10 and messages(third)[0] == f"line {LINES + 10}"
+
+    reload('[multiline]\nmax_lines = -1\n', "reload refused", "multiline.max_lines")
+    append_lines(d.data_root, LINES + 20, 5)
+    d.wait_for(lambda: d.delivered() == LINES + 25 and len(messages(third)) == 15, "the old config to go on")
+
+    reload('[buffer]\ntype = "disk"\n', "[buffer] changed, which takes a restart", "removed=second")
+    append_lines(d.data_root, LINES + 25, 5)
+    d.wait_for(lambda: d.delivered() == LINES + 30, "the remaining sink to deliver")
     time.sleep(0.5)
-    assert d.proc.poll() is None, f"SIGHUP killed shipper: {d.text()}"
+    assert len(messages(third)) == 15
+    assert not (d.state / "spool").exists(), "the buffer's type must not change without a restart"
+    assert d.proc.poll() is None
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(30) == 0, d.text()

@@ -142,11 +142,18 @@ def test_compose_environment_is_a_valid_config() -> None:
     assert svc["cap_drop"] == ["ALL"] and svc["cap_add"] == ["DAC_READ_SEARCH"]
 
 
+@pytest.mark.parametrize("discovery", ["api", "files"])
 def test_image_ships_another_containers_lines_configured_by_env_only(
-        docker_client: Any, image: str, run_container: Any, tmp_path: Path) -> None:
+        docker_client: Any, image: str, run_container: Any, tmp_path: Path, discovery: str) -> None:
     """The image run as deploy/compose.yaml runs it (its environment, user, capabilities, mounts), with only the
-    sink's path and the selection changed for the test."""
+    sink's path and the selection changed for the test; and as its comments say to run it without the Docker
+    socket (discovery = "files", the host's name from its mounted /etc/hostname)."""
     svc = compose_service()
+    if discovery == "files":
+        svc["volumes"] = [v for v in svc["volumes"] if not v.startswith(DOCKER_SOCK)]
+        svc["group_add"] = []
+        svc["environment"] |= {"SHIPPER_DOCKER_DISCOVERY": "files", "SHIPPER_HOST_NAME_FILE": "/etc/host-hostname",
+                               "SHIPPER_DOCKER_SCAN_INTERVAL_SECS": "0.2"}
     run = uuid.uuid4().hex[:10]
     label = {"shipper.test.run": run}
     out = tmp_path / "out"
@@ -196,7 +203,8 @@ def test_image_ships_another_containers_lines_configured_by_env_only(
         logs = shipper.logs().decode()
         mine = [e for e in evs if e["container"]["name"] == app.name]
         assert [e["message"] for e in mine] == [f"image-line-{i}" for i in range(1, 11)], logs[-4000:]
-        assert {e["host"]["name"] for e in mine} == {info["Name"]}, "host.name must be the Docker host's name"
+        want_host = info["Name"] if discovery == "api" else Path("/etc/hostname").read_text().strip()
+        assert {e["host"]["name"] for e in mine} == {want_host}, "host.name must be the Docker host's name"
         assert not [e for e in evs if e["container"]["id"] == shipper.id], "shipper shipped its own lines"
         assert "via=JsonFileSource" in logs, "the json-file must be read with the one capability it was given"
         assert "Traceback" not in logs

@@ -4,6 +4,7 @@ stops there with exit 2 and the message, never a traceback or a retry loop."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -102,13 +103,26 @@ def test_a_state_dir_that_cannot_be_created(cfg: tuple[Path, Path], where: str) 
     assert not state.exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes a 0500 folder anyway (the /sys case covers root)")
 def test_a_state_dir_that_is_not_writable(cfg: tuple[Path, Path]) -> None:
+    """As a user: a folder it may not write. As root, who may write any folder: a read-only file system (a tmpfs
+    mounted read-only in a mount namespace of the check's own)."""
     path, state = cfg
     state.mkdir(mode=0o500)
     write(path, state, "")
-    r = shipper("check", "--config", str(path))
-    assert r.returncode == 2 and "state.dir" in r.stderr and "not writable" in r.stderr
+    if os.geteuid() != 0:
+        r = shipper("check", "--config", str(path))
+    else:
+        unshare = shutil.which("unshare")
+        require("unshare (util-linux)", unshare is not None)
+        assert unshare is not None
+        probe = subprocess.run([unshare, "--mount", "true"], capture_output=True, text=True)
+        require("a mount namespace (CAP_SYS_ADMIN)", probe.returncode == 0, probe.stderr)
+        script = f'mount -t tmpfs -o ro tmpfs "{state}" && exec "$0" -m shipper check --config "{path}"'
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPPER_", "DOCKER_"))}
+        r = subprocess.run([unshare, "--mount", "sh", "-c", script, sys.executable], capture_output=True, text=True,
+                           cwd=ROOT, env=base, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "state.dir" in r.stderr and "not writable" in r.stderr, r.stderr
 
 
 def test_check_names_the_variable_of_a_bad_env_value(cfg: tuple[Path, Path]) -> None:

@@ -159,7 +159,7 @@ class BeatsDispatcher:
             if old is not None:
                 await old.close()
             h.conn = await self._connect_fn(h)
-        except OSError as e:  # refused, unreachable, DNS, timeout, TLS handshake or verification
+        except Exception as e:  # refused, unreachable, DNS, timeout, TLS; anything else must not spin either
             h.failed(e, "connect")
         finally:
             h.connecting = None

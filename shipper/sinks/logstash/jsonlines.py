@@ -70,7 +70,7 @@ class JsonLinesClient:
                     t.abort()
                     self._conns.pop(h.name, None)
                     raise
-            except OSError as e:  # refused, reset, timeout, TLS
+            except (OSError, ValueError) as e:  # refused, reset, timeout, TLS (a bad certificate name: ValueError)
                 errors.append(f"{h.name}: {describe(e)}")
                 h.failed(e, "send", events - done_events)
                 continue

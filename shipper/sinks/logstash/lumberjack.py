@@ -56,9 +56,14 @@ def json_frames(docs: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def compressed_header(size: int) -> bytes:
+    """What precedes `size` bytes of zlib data in a compressed frame."""
+    return _WINDOW.pack(_COMPRESSED_TYPE, size)
+
+
 def compressed_frame(frames: bytes, level: int) -> bytes:
     data = zlib.compress(frames, level)
-    return _WINDOW.pack(_COMPRESSED_TYPE, len(data)) + data
+    return compressed_header(len(data)) + data
 
 
 def encode_window(docs: Sequence[bytes], level: int) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,13 @@ from shipper.sinks.ecs import JsonLinesEncoder
 from shipper.sinks.logstash.balance import BeatsDispatcher, HostPool, HostState
 from shipper.sinks.logstash.beats import BeatsConnection, open_connection
 from shipper.sinks.logstash.config import LogstashConfig, Protocol
-from shipper.sinks.logstash.lumberjack import encode_window
+from shipper.sinks.logstash.lumberjack import (
+    compressed_frame,
+    compressed_header,
+    encode_window,
+    json_frames,
+    window_frame,
+)
 
 ECS_VERSION = "8.0.0"
 COMPRESS_OFF_LOOP_BYTES = 32 * 1024  # a window this large is compressed in a worker thread (zlib frees the GIL)
@@ -119,10 +126,17 @@ class LogstashSink(Sink):
                                      h.listener(), self._tls, cfg.tls_server_name)
 
     async def _encode_window(self, docs: Sequence[bytes]) -> bytes:
+        """The window's frames, built here; a large window is compressed in a worker thread (zlib lets go of
+        the GIL while it works, so the loop goes on reading meanwhile). Only zlib runs there: Python code in
+        the worker would fight the loop for the GIL and wait out its switch interval every few milliseconds."""
         level = self.config.compression_level
-        if level and sum(map(len, docs)) >= COMPRESS_OFF_LOOP_BYTES:
-            return await asyncio.to_thread(encode_window, docs, level)
-        return encode_window(docs, level)
+        if not level:
+            return encode_window(docs, 0)
+        frames = json_frames(docs)
+        if len(frames) < COMPRESS_OFF_LOOP_BYTES:
+            return window_frame(len(docs)) + compressed_frame(frames, level)
+        data = await asyncio.to_thread(zlib.compress, frames, level)
+        return window_frame(len(docs)) + compressed_header(len(data)) + data
 
     async def healthcheck(self) -> None:
         """Some host accepts a connection (http: answers at all; any status will do)."""

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
+from pathlib import Path
 
 import orjson
 import pytest
 
 from shipper.errors import RetryableSinkError
+from tests.conftest import require
+from tests.tlsutil import have_openssl, make_certs
 from tests.unit.sinks.logstash.conftest import MakeSink, batch, closed_port
 
 
@@ -38,3 +43,36 @@ async def test_nothing_listening_is_retryable(make_sink: MakeSink) -> None:
     sink = make_sink(protocol="json_lines", hosts=[f"127.0.0.1:{closed_port()}"])
     with pytest.raises(RetryableSinkError, match="ConnectionRefused"):
         await sink.send(sink.encode([batch(1)]))
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+async def test_lines_over_tls(make_sink: MakeSink, tmp_path: Path, mutual: bool) -> None:
+    require("openssl", have_openssl())
+    certs = make_certs(tmp_path / "certs")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs.server_cert, certs.server_key)
+    if mutual:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(certs.ca)
+    got = bytearray()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                got.extend(data)
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ctx)
+    port = srv.sockets[0].getsockname()[1]
+    keys = {"tls_cert": str(certs.client_cert), "tls_key": str(certs.client_key)} if mutual else {}
+    sink = make_sink(protocol="json_lines", hosts=[f"localhost:{port}"], tls=True, tls_ca=str(certs.ca), **keys)
+    assert await sink.send(sink.encode([batch(3)])) is None
+    for _ in range(100):
+        if got.count(b"\n") == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert [orjson.loads(line)["message"] for line in bytes(got).splitlines()] == ["line 0", "line 1", "line 2"]
+    if mutual:  # without the client certificate nothing counts as delivered
+        anonymous = make_sink(protocol="json_lines", hosts=[f"localhost:{port}"], tls=True, tls_ca=str(certs.ca))
+        with pytest.raises(RetryableSinkError):
+            await anonymous.send(anonymous.encode([batch(1)]))
+    srv.close()

@@ -237,3 +237,29 @@ def test_check_print_from_env_only() -> None:
     doc = tomllib.loads(r.stdout)
     assert doc["sinks"]["out"]["type"] == "null" and doc["state"]["dir"] == "/tmp"
     assert "config ok" in r.stderr and "3 SHIPPER_* variables" in r.stderr
+
+
+def _paths(cls: type, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.init and f.name != "sinks":
+            if dataclasses.is_dataclass(hints[f.name]):
+                out += _paths(hints[f.name], (*prefix, f.name))
+            else:
+                out.append((*prefix, f.name))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["(sections)", *sorted(SINKS)])
+def test_no_two_keys_share_a_variable(kind: str) -> None:
+    """`a.b_c` and `a_b.c` would both be SHIPPER_A_B_C: the names must stay apart, sections and every sink."""
+    if kind == "(sections)":
+        cls: type = Config
+    else:
+        try:
+            cls = sink_config_class(kind)
+        except ConfigError as e:
+            pytest.skip(f"sink type {kind} is not installed here: {e}")
+    paths = _paths(cls)
+    assert len(env_keys(cls, "SHIPPER", skip=("sinks",))) == len(paths)

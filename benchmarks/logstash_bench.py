@@ -31,6 +31,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -162,7 +163,7 @@ def main() -> None:
             print(f"run {run + 1} {kind}: {r['events'] / r['wall']:,.0f} events/s, {r['cpu']:.2f} CPU s, "
                   f"events={r['events']:.0f}", file=sys.stderr)
 
-    def med(kind: str, f) -> float:  # type: ignore[no-untyped-def]
+    def med(kind: str, f: Callable[[dict[str, float]], float]) -> float:
         return statistics.median(f(r) for r in results[kind])
 
     rate = {k: med(k, lambda r: r["events"] / r["wall"]) for k in kinds}

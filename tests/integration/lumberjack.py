@@ -192,11 +192,12 @@ class LumberjackServer:
         try:
             while (item := await todo.get()) is not None:
                 _, step, last = item
+                args: tuple[Any, ...] = () if isinstance(step, str) else step[1:]
                 kind = step if isinstance(step, str) else step[0]
                 if kind == "ack":
                     self._ack(writer, last)
                 elif kind in ("keepalive", "repeat"):
-                    _, secs, every = step
+                    secs, every = float(args[0]), float(args[1])
                     half = max(1, last // 2)
                     if kind == "repeat":
                         self._ack(writer, half)
@@ -207,7 +208,7 @@ class LumberjackServer:
                         await writer.drain()
                     self._ack(writer, last)
                 elif kind == "partial_drop":
-                    self._ack(writer, step[1])
+                    self._ack(writer, int(args[0]))
                     await writer.drain()
                     await asyncio.sleep(0.05)
                     return

@@ -4,13 +4,17 @@ timeouts, pipelining, several hosts."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
+from pathlib import Path
 
 import pytest
 
 from shipper.errors import RetryableSinkError
 from shipper.sinks.base import Partial
+from tests.conftest import require
 from tests.integration.lumberjack import LumberjackServer
+from tests.tlsutil import have_openssl, make_certs
 from tests.unit.sinks.logstash.conftest import MakeSink, batch, closed_port
 
 
@@ -176,3 +180,21 @@ async def test_a_server_that_acks_past_the_window_is_dropped(make_sink: MakeSink
     with pytest.raises(RetryableSinkError, match="ACK 9 for a window of 2"):
         await sink.send(sink.encode([batch(2)]))
     srv.close()
+
+
+async def test_tls_checks_the_chain_and_the_host_name(make_sink: MakeSink, tmp_path: Path) -> None:
+    require("openssl", have_openssl())
+    certs = make_certs(tmp_path / "certs")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs.server_cert, certs.server_key)
+    server = await LumberjackServer(tls=ctx).start()
+    host = f"localhost:{server.port}"
+    for keys in ({}, {"tls_server_name": "not-the-server.example"}):  # no CA: the system's roots; a wrong name
+        bad = make_sink(hosts=[host], tls=True, tls_ca="" if not keys else str(certs.ca), **keys)
+        with pytest.raises(RetryableSinkError, match="certificate verify failed"):
+            await bad.send(bad.encode([batch(1)]))
+    unchecked = make_sink(hosts=[host], tls=True, tls_ca=str(certs.ca), tls_server_name="not-the-server.example",
+                          tls_verify_hostname=False)
+    assert await unchecked.send(unchecked.encode([batch(2)])) is None
+    assert messages(server) == ["line 0", "line 1"]
+    await server.stop()

@@ -66,8 +66,8 @@ def main() -> None:
     ap.add_argument("--buffer", choices=["memory", "disk"], default="memory")
     ap.add_argument("--compression", default="zstd", choices=["none", "gzip", "snappy", "lz4", "zstd"])
     ap.add_argument("--partitioner", default="hash", choices=["hash", "round_robin"])
-    ap.add_argument("--max-in-flight", type=int, default=8)
-    ap.add_argument("--batch-max-events", type=int, default=8192)
+    ap.add_argument("--max-in-flight", type=int, default=4)
+    ap.add_argument("--batch-max-events", type=int, default=4096)
     ap.add_argument("--buffer-max-events", type=int, default=0, help="memory buffer: most events held "
                                                                          "(0: the daemon's default)")
     ap.add_argument("--timeout", type=float, default=900)

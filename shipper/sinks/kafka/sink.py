@@ -76,8 +76,11 @@ def error_kind(e: BaseException) -> str:
 
 
 def describe(e: BaseException) -> str:
-    text = str(e)
-    return f"{type(e).__name__}: {text}" if text and text != type(e).__name__ else type(e).__name__
+    """The class and message of an error, once (aiokafka's messages often start with the class name)."""
+    name, text = type(e).__name__, str(e)
+    if not text or text == name:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 class KafkaSink(Sink):

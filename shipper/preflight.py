@@ -2,11 +2,11 @@
 
 `preflight(cfg)` (no network): the state dir can be created and written, the Engine API endpoint is
 resolved (its TLS files loaded), discovery = 'files' can list Docker's containers, host.name_file reads,
-every sink can be built and its TLS files load, the file sink's folder can be written. A config that
-passes has nothing left that makes `run` fail at start; `run` calls the same function first and exits 2
-with the message instead of retrying forever. `connect(cfg)` (`check --connect`, like `filebeat test
-output`): asks dockerd for its version and name, and starts and health-checks every sink once, each with a
-verdict. Each problem is a ConfigError naming the key.
+the admin server's certificate loads, every sink can be built and its TLS files load, the file sink's
+folder can be written. A config that passes has nothing left that makes `run` fail at start; `run` calls
+the same function first and exits 2 with the message instead of retrying forever. `connect(cfg)` (`check
+--connect`, like `filebeat test output`): asks dockerd for its version and name, and starts and
+health-checks every sink once, each with a verdict. Each problem is a ConfigError naming the key.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,27 @@ def _check_docker(cfg: Config) -> None:
                                               f"data root read-only there, or set docker.data_root)")
 
 
+def _check_admin(cfg: Config) -> None:
+    """The admin server's certificate loads and its token reads (its own validate checks the rest)."""
+    admin = getattr(cfg, "admin", None)
+    if admin is None or not getattr(admin, "address", ""):
+        return
+    cert, key = str(getattr(admin, "tls_cert", "") or ""), str(getattr(admin, "tls_key", "") or "")
+    if cert:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key or None)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError("admin.tls_cert", f"cannot load the admin server's certificate {cert!r} / key "
+                                                f"{key!r}: {e}") from None
+    token = getattr(admin, "token", None)
+    if callable(token):
+        try:
+            token()
+        except OSError as e:
+            raise ConfigError("admin.token_file", f"cannot read {getattr(admin, 'token_file', '')}: "
+                                                  f"{e.strerror or e}") from None
+
+
 def _tls_fields(sc: Any, key: str) -> list[tuple[str, str, str, str]]:
     """(key prefix, ca, cert, key) for every TLS setting a sink's config holds: `tls_ca`/`tls_cert`/`tls_key`
     keys, or an embedded TlsClientConfig; found by name, so a sink declares nothing for this check."""
@@ -148,6 +170,7 @@ def preflight(cfg: Config) -> list[ConfigError]:
 
     attempt(check_writable_dir, cfg.state.path, "state.dir")
     attempt(_check_docker, cfg)
+    attempt(_check_admin, cfg)
     host = attempt(lambda: cfg.host.resolved_name) or "localhost"
     for name, sc in cfg.sinks.items():
         attempt(check_sink, name, sc, cfg, host)

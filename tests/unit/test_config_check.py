@@ -62,6 +62,8 @@ CASES = [
     ("discovery = files without Docker's files", '[docker]\ndiscovery = "files"\ndata_root = "/nonexistent/docker"',
      "docker.data_root"),
     ("a host name file that is not there", '[host]\nname_file = "/nonexistent/hostname"', "host.name_file"),
+    ("an admin certificate that is not one", '[admin]\ntls_cert = "/etc/hostname"\ntls_key = "/etc/hostname"',
+     "admin.tls_cert"),
 ]
 
 

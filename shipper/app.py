@@ -165,7 +165,12 @@ class App:
         if hc.name:
             return
         name = hc.resolved_name
-        if not hc.name_file and self.docker is not None and (own_container_id() or os.path.exists("/.dockerenv")):
+        in_container = bool(own_container_id() or os.path.exists("/.dockerenv"))
+        if in_container and not hc.name_file and self.docker is None:
+            log.warning("running in a container with no Engine API to ask for the host's name: host.name=%s is "
+                        "the container's (set host.name, or host.name_file to the host's /etc/hostname mounted "
+                        "read-only)", name)
+        if not hc.name_file and self.docker is not None and in_container:
             try:
                 async with asyncio.timeout(10):
                     info = await self.docker._json("GET", "/info", versioned=False)  # the client has no info()

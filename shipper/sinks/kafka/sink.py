@@ -322,18 +322,26 @@ class KafkaSink(Sink):
             cache.clear()
         previous = None
         rr = self._round_robin[topic]
+        run_key: Any = self  # the key and container of the run of records being placed (none yet)
+        run_container: bytes | None = None
+        target: list[int] = []
         for i in indices:
-            key = keys[i]
+            key, container = keys[i], containers[i]
+            if key is run_key and container is run_container:  # same run: same partition (the usual case)
+                target.append(i)
+                continue
+            run_key, run_container = key, container
             if hashing and key is not None:
                 p = cache.get((key, n))
                 if p is None:
                     p = cache[(key, n)] = (self._murmur2(key) & 0x7FFFFFFF) % n
             else:
-                if containers[i] != previous:
-                    previous = containers[i]
+                if container != previous:
+                    previous = container
                     rr += 1
                 p = rr % n
-            placed.setdefault((topic, partitions[p]), []).append(i)
+            target = placed.setdefault((topic, partitions[p]), [])
+            target.append(i)
         self._round_robin[topic] = rr
 
     def _chunks(self, recs: Records, topic: str, indices: list[int]) -> list[list[int]]:

@@ -102,6 +102,13 @@ class LumberjackServer:
             w.transport.abort()
         self._writers.clear()
 
+    async def drop_connections(self) -> None:
+        """Close every connection and keep listening (what the beats input does to an idle client after
+        client_inactivity_timeout)."""
+        for w in list(self._writers):
+            w.close()
+        self._writers.clear()
+
     def start_thread(self, port: int = 0) -> LumberjackServer:
         """Serve from a loop in a thread of its own (for tests that are not async, with a daemon process)."""
         ready = threading.Event()

@@ -195,7 +195,8 @@ class BeatsDispatcher:
                     if len(head) > size:
                         todo.insert(0, head[size:])
                         head = head[:size]
-                    task = asyncio.create_task(self._window(h, docs, head))
+                    assert h.conn is not None  # _reserve hands out connected hosts only
+                    task = asyncio.create_task(self._window(h, h.conn, docs, head))
                     running[task] = (h, head)
                 if todo and not running:
                     _, hopeful = self._reserve(since)
@@ -231,10 +232,8 @@ class BeatsDispatcher:
             raise RetryableSinkError(f"no Logstash host took the request: {tried}")
         return left
 
-    async def _window(self, h: HostState, docs: Sequence[bytes], piece: range) -> None:
-        conn = h.conn
+    async def _window(self, h: HostState, conn: BeatsConnection, docs: Sequence[bytes], piece: range) -> None:
         try:
-            assert conn is not None
             frames = await self._encode(docs[piece.start:piece.stop])
             try:
                 await conn.send_window(frames, len(piece))

@@ -198,3 +198,15 @@ async def test_tls_checks_the_chain_and_the_host_name(make_sink: MakeSink, tmp_p
     assert await unchecked.send(unchecked.encode([batch(2)])) is None
     assert messages(server) == ["line 0", "line 1"]
     await server.stop()
+
+
+async def test_an_idle_connection_closed_by_logstash_is_replaced_without_a_failure(make_sink: MakeSink) -> None:
+    server = await LumberjackServer().start()
+    sink = make_sink(hosts=[server.address])
+    assert await sink.send(sink.encode([batch(2)])) is None
+    await server.drop_connections()  # client_inactivity_timeout
+    await asyncio.sleep(0.1)
+    assert await sink.send(sink.encode([batch(2, 2)])) is None
+    assert messages(server) == [f"line {i}" for i in range(4)] and server.connections == 2
+    assert sink.context.metrics.get("shipper_logstash_host_failures_total") == 0
+    await server.stop()

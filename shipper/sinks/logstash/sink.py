@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shipper import __version__
-from shipper.errors import RetryableSinkError
+from shipper.errors import ConfigError, RetryableSinkError
 from shipper.event import Batch, ContainerMeta
 from shipper.sinks.base import Partial, Request, Sink, SinkContext, pick
 from shipper.sinks.ecs import JsonLinesEncoder
@@ -119,6 +119,15 @@ class LogstashSink(Sink):
             except OSError as e:
                 raise RetryableSinkError(f"cannot read password_file: {e.strerror}") from None
             self._client = HttpClient(self.pool, self._tls, cfg.user, password)
+
+    def preflight(self) -> None:
+        """For `shipper check`: the password file can be read (its content is not shown)."""
+        if self.config.password_file:
+            try:
+                self.config.read_password()
+            except OSError as e:
+                raise ConfigError(f"sinks.{self.context.name}.password_file",
+                                  f"cannot read {self.config.password_file}: {e.strerror}") from None
 
     async def _connect_beats(self, h: HostState) -> BeatsConnection:
         cfg = self.config

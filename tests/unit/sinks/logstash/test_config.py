@@ -81,3 +81,15 @@ def test_the_password_stays_out_of_reprs_and_comes_from_a_file(tmp_path: Path) -
     assert cfg.read_password() == "s3cret-from-file"
     cfg = load(protocol="http", user="shipper", password="s3cret-inline")
     assert "s3cret" not in repr(cfg) and cfg.read_password() == "s3cret-inline"
+
+
+def test_check_reads_the_password_file(tmp_path: Path) -> None:
+    from shipper.sinks.base import SinkContext
+    from shipper.sinks.logstash.sink import LogstashSink
+    from shipper.telemetry.metrics import Metrics
+
+    cfg = load(protocol="http", user="u", password_file=str(tmp_path / "missing"))
+    sink = LogstashSink(cfg, SinkContext("ls", tmp_path, "h", Metrics()))
+    with pytest.raises(ConfigError) as info:
+        sink.preflight()
+    assert info.value.key == "sinks.ls.password_file"

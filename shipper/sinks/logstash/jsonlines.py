@@ -4,11 +4,14 @@ The protocol has no acknowledgement, so "delivered" is what the syslog sink's st
 tells: a request counts as delivered once Logstash's TCP has acknowledged its last byte (SIOCOUTQ), never
 when it merely sits in this host's buffers. A connection lost before that keeps the lines its TCP did
 acknowledge (none after a reset: the receiver discarded what it had not read) and the rest go to the next
-host, or to the same one after a backoff.
+host, or to the same one after a backoff. A Logstash that stops reading keeps its connection when there is
+no other host: the request waits on it (see `_keep`), so a stall never counts more as delivered than one
+receive buffer.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 
@@ -16,6 +19,8 @@ from shipper.errors import RetryableSinkError
 from shipper.sinks.logstash.balance import HostPool, HostState, describe
 from shipper.sinks.syslog.transport import Address, StreamTransport, connect
 from shipper.telemetry import events as tel
+
+log = logging.getLogger("shipper.sinks.logstash")
 
 
 class JsonLinesClient:
@@ -25,6 +30,9 @@ class JsonLinesClient:
         self.tls = tls
         self.server_name = server_name
         self._conns: dict[str, StreamTransport] = {}
+        # host -> (connection, bytes, start, end) of a request written there and waited on through a stall
+        self._held: dict[str, tuple[StreamTransport, bytes, int, int]] = {}
+        self._stalled: dict[str, bool] = {}
 
     async def _connection(self, h: HostState) -> StreamTransport:
         t = self._conns.get(h.name)
@@ -55,11 +63,19 @@ class JsonLinesClient:
             h.busy += 1
             try:
                 t = await self._connection(h)
-                ends = await t.write([rest])
-                start = ends[-1] - len(rest)
+                held = self._held.pop(h.name, None)
+                if held is not None and held[0] is t and held[1] is rest:
+                    start, end = held[2], held[3]  # written on this connection before a stall: wait, never twice
+                else:
+                    end = (await t.write([rest]))[-1]
+                    start = end - len(rest)
                 try:
-                    await t.wait_acked(ends[-1], self.cfg.timeout_secs)
-                except OSError:
+                    await t.wait_acked(end, self.cfg.timeout_secs)
+                except OSError as e:
+                    if self._keep(h, t, e):
+                        self._held[h.name] = (t, rest, start, end)
+                        raise RetryableSinkError(f"{h.name}: Logstash took nothing for {self.cfg.timeout_secs:g}s; "
+                                                 "waiting on the same connection") from e
                     acked = 0 if t.reset else max(0, t.acked() - start)
                     if acked:
                         cut = rest.rfind(b"\n", 0, acked) + 1  # whole lines only
@@ -76,6 +92,8 @@ class JsonLinesClient:
                 continue
             finally:
                 h.busy -= 1
+            if self._stalled.pop(h.name, None):
+                log.info("logstash host takes data again sink=%s host=%s", self.pool.sink, h.name)
             h.succeeded()
             tel.logstash_events_acked(self.pool.metrics, self.pool.sink, h.name, events - done_events)
             return events
@@ -83,7 +101,22 @@ class JsonLinesClient:
             raise RetryableSinkError("no Logstash host took the request: " + ("; ".join(errors) or "all down"))
         return done_events
 
+    def _keep(self, h: HostState, t: StreamTransport, e: OSError) -> bool:
+        """After `timeout_secs` with nothing acknowledged: whether to keep the connection and wait on it, as the
+        syslog sink does. While Logstash's TCP still answers (its window closed because the input does not
+        read), a new connection would only fill another receive buffer and count those lines as delivered; so
+        with no other host to go to, the same request waits on the same connection. The stall is logged once."""
+        if not isinstance(e, TimeoutError):
+            return False
+        keep = len(self.pool.hosts) == 1 and t.peer_answers()
+        if not self._stalled.get(h.name):
+            self._stalled[h.name] = True
+            tel.sink_stalled(self.pool.metrics, self.pool.sink, h.name, t.unacked_bytes, self.cfg.timeout_secs,
+                             keep)
+        return keep
+
     async def close(self) -> None:
+        self._held.clear()
         conns, self._conns = self._conns, {}
         for t in conns.values():
             await t.close()

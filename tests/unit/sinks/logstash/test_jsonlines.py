@@ -76,3 +76,45 @@ async def test_lines_over_tls(make_sink: MakeSink, tmp_path: Path, mutual: bool)
         with pytest.raises(RetryableSinkError):
             await anonymous.send(anonymous.encode([batch(1)]))
     srv.close()
+
+
+async def test_a_stalled_logstash_is_waited_on_over_the_same_connection(make_sink: MakeSink) -> None:
+    """A receiver that stops reading (about 8 MB: more than both kernels' buffers hold) for 1.5 s: the request
+    times out, is retried, and waits on the connection it was written to; it is never written twice."""
+    got = bytearray()
+    connections = 0
+    reading = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reading.wait()
+        with contextlib.suppress(OSError):
+            while data := await reader.read(1 << 20):
+                got.extend(data)
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0, limit=1 << 16)
+    port = srv.sockets[0].getsockname()[1]
+    sink = make_sink(protocol="json_lines", hosts=[f"127.0.0.1:{port}"], timeout_secs=0.3)
+    b = batch(8000)
+    for ev in b.events:
+        ev.message += " " + "x" * 1000
+    request = sink.encode([b])
+    with pytest.raises(RetryableSinkError, match="waiting on the same connection"):
+        await sink.send(request)
+    asyncio.get_running_loop().call_later(1.0, reading.set)
+    outcome = None
+    for _ in range(20):
+        try:
+            outcome = await sink.send(request)
+            break
+        except RetryableSinkError:
+            continue
+    assert outcome is None
+    for _ in range(100):
+        if got.count(b"\n") >= 8000:
+            break
+        await asyncio.sleep(0.02)
+    assert got.count(b"\n") == 8000 and connections == 1
+    assert sink.context.metrics.get("shipper_sink_stalls_total") == 1
+    srv.close()

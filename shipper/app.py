@@ -64,6 +64,7 @@ SINK_CLOSE_SECS = 10.0  # a sink's close() at shutdown (1 s after a second stop 
 PENDING_WARN_SECS = 30.0  # a container still waiting for its inspect after this long is reported
 GC_THRESHOLDS = (50_000, 20, 100)  # see tune_gc
 FORGET_REMOVED_AFTER_SECS = 300.0  # offsets of removed containers are kept this long, then pruned
+ADMIN_RETRY_SECS = 30.0  # an admin address in use is tried again this often
 
 
 def tune_gc() -> None:
@@ -211,7 +212,9 @@ class App:
                 if watch is not None:
                     background.append(tg.create_task(self._supervised("docker-watch", watch.run),
                                                      name="docker-watch"))
-                await self._start_admin()
+                admin_retry = await self._start_admin()
+                if admin_retry is not None:
+                    background.append(admin_retry)
                 self.started.set()
                 await self._stop.wait()
                 for t in background:
@@ -641,21 +644,37 @@ class App:
 
     # --- operations: the admin server, the Docker daemon watched ----------------------------------------
 
-    async def _start_admin(self) -> None:
-        """Serve /metrics, /health, /status and the page. An address already in use is logged, not fatal:
-        shipping logs matters more than showing how it goes."""
+    async def _start_admin(self) -> asyncio.Task[None] | None:
+        """Serve /metrics, /health, /status and the page. A token that cannot be read stops the start (fail
+        closed); an address in use does not: shipping logs matters more than showing how it goes, so it is said
+        once and tried again every ADMIN_RETRY_SECS (a scrape that fails meanwhile is what alerts). Returns
+        the task that tries again, if any (cancelled at shutdown with the other background tasks)."""
         if not self.config.admin.address:
-            return
+            return None
         from shipper.telemetry.admin import AdminServer
 
         server = AdminServer(self.config.admin, self.ops, self.metrics, self.config.host.resolved_name)
         try:
             await server.start()
         except OSError as e:
-            log.error("admin server cannot listen address=%s error=%s: running without /metrics, /health and "
-                      "/status (set [admin] address to a free host:port)", self.config.admin.address, e)
-            return
+            log.warning("admin server cannot listen address=%s error=%s: running without /metrics, /health and "
+                        "/status for now, trying again every %.0fs (or set [admin] address to a free host:port)",
+                        self.config.admin.address, e, ADMIN_RETRY_SECS)
+            assert self._tasks is not None
+            return self._tasks.create_task(self._supervised("admin", lambda: self._listen_later(server)),
+                                           name="admin")
         self.admin = server
+        return None
+
+    async def _listen_later(self, server: AdminServer) -> None:
+        while True:
+            await asyncio.sleep(ADMIN_RETRY_SECS)
+            try:
+                await server.start()
+            except OSError:
+                continue
+            self.admin = server
+            return
 
     def _make_docker_watch(self) -> DockerWatch | None:
         interval = self.config.telemetry.docker_ping_interval_secs

@@ -151,3 +151,32 @@ def test_empty_token_file_fails_closed(tmp_path: Path) -> None:
     (tmp_path / "t").write_text("  \n")
     with pytest.raises(ConfigError, match="empty"):
         AdminConfig(token_file=str(tmp_path / "t")).token()
+
+
+async def test_address_in_use_is_said_and_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    import shipper.app
+
+    monkeypatch.setattr(shipper.app, "ADMIN_RETRY_SECS", 0.1)
+    port = free_port()
+    app = make_app(tmp_path, address=f"127.0.0.1:{port}")
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    async with asyncio.TaskGroup() as tg:
+        app._tasks = tg
+        retry = await app._start_admin()
+        assert retry is not None and app.admin is None
+        assert any("admin server cannot listen" in r.getMessage() for r in caplog.records)
+        await asyncio.sleep(0.3)
+        assert app.admin is None  # still in use
+        holder.close()
+        for _ in range(50):
+            if app.admin is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert app.admin is not None
+        assert (await get(f"http://127.0.0.1:{port}/health"))[0] == 503  # listening now
+        await retry  # done once it listens
+        await app.admin.close()

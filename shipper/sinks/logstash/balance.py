@@ -186,8 +186,9 @@ class BeatsDispatcher:
         errors: list[str] = []
         try:
             while todo or running:
+                hopeful = True
                 while todo:
-                    h, _ = self._reserve(since)
+                    h, hopeful = self._reserve(since)
                     if h is None:
                         break
                     head = todo.pop(0)
@@ -198,10 +199,8 @@ class BeatsDispatcher:
                     assert h.conn is not None  # _reserve hands out connected hosts only
                     task = asyncio.create_task(self._window(h, h.conn, docs, head))
                     running[task] = (h, head)
-                if todo and not running:
-                    _, hopeful = self._reserve(since)
-                    if not hopeful:
-                        break
+                if todo and not running and not hopeful:
+                    break  # every host failed during this request: the runner backs off and retries the rest
                 waiter = self.pool.changed()
                 done, _ = await asyncio.wait([*running, waiter], return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()

@@ -146,18 +146,23 @@ class App:
         self._stop.set()
 
     def _on_hangup(self) -> None:
-        """SIGHUP: read the config again and apply its sinks (shipper.reload); never stops the daemon."""
+        self.request_reload("SIGHUP")
+
+    def request_reload(self, why: str) -> asyncio.Task[bool] | None:
+        """Read the config again and apply its sinks (shipper.reload), in a task of its own; never stops the
+        daemon. `why` (SIGHUP, an admin request) is logged. None when no reload was started."""
         if self.reload_config is None or self._tasks is None:
-            log.warning("SIGHUP received: this config cannot be read again (it came from standard input); still "
-                        "running with the config it started with")
-            return
+            log.warning("%s received: this config cannot be read again (it came from standard input, or shipper "
+                        "is not running yet); still running with the config it started with", why)
+            return None
         if self._reloading is not None and not self._reloading.done():
-            log.warning("SIGHUP received while a reload is still running: ignored")
-            return
+            log.warning("%s received while a reload is still running: ignored", why)
+            return None
         from shipper.reload import reload
 
-        log.info("SIGHUP received: reloading the config")
+        log.info("%s received: reloading the config", why)
         self._reloading = self._tasks.create_task(reload(self, self.reload_config), name="reload")
+        return self._reloading
 
     async def _resolve_host_name(self) -> None:
         """host.name, once, before anything uses it: inside a container shipper's own host name is the

@@ -10,6 +10,10 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 pkgs="docker.io"
 [ $want_tests = 1 ] && pkgs="$pkgs busybox-static rsyslog rsyslog-gnutls rsyslog-relp gnutls-bin openssl logrotate"
+# the status page test renders it in headless Chromium; the alert rules test loads them in promtool (prometheus)
+[ $want_tests = 1 ] && pkgs="$pkgs chromium prometheus"
+# the image test makes its Debian base with debootstrap; the unit file test runs systemd-analyze
+[ $want_tests = 1 ] && pkgs="$pkgs debootstrap systemd"
 missing=""
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in $pkgs; do installed "$p" || missing="$missing $p"; done

@@ -15,6 +15,8 @@ SINKS = {
     "stdout": "shipper.sinks.stdout:StdoutSink",
     "null": "shipper.sinks.null:NullSink",
     "syslog": "shipper.sinks.syslog.sink:SyslogSink",
+    "kafka": "shipper.sinks.kafka.sink:KafkaSink",
+    "logstash": "shipper.sinks.logstash.sink:LogstashSink",
 }
 
 

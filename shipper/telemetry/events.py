@@ -219,6 +219,111 @@ def container_unreadable(m: Metrics, container: str, reason: str, detail: str) -
                     container, reason, detail)
 
 
+def kafka_sent(m: Metrics, sink: str, topic: str, records: int, nbytes: int, secs: float) -> None:
+    """Records the broker acknowledged for one topic of one request, and how long the request took."""
+    m.inc("shipper_kafka_records_sent_total", records, sink=sink, topic=topic)
+    m.inc("shipper_kafka_bytes_sent_total", nbytes, sink=sink, topic=topic)
+    m.observe("shipper_kafka_request_seconds", secs, sink=sink, topic=topic)
+
+
+def kafka_error(m: Metrics, sink: str, topic: str, kind: str, error: BaseException, n: int) -> None:
+    """A Kafka send (or connect, `n` = 0) failed for `n` records. Kinds that need an operator (unknown_topic,
+    authorization, unsupported) are logged as errors; once per sink, topic and kind."""
+    m.inc("shipper_kafka_errors_total", n, sink=sink, topic=topic or "-", kind=kind)
+    if _once("kafka", sink, topic, kind):
+        needs_operator = kind in ("unknown_topic", "authorization", "unsupported")
+        log.log(logging.ERROR if needs_operator or kind in ("record_too_large", "invalid_record")
+                else logging.WARNING,
+                "kafka send failed sink=%s topic=%s kind=%s records=%d error=%r (%s; counted in "
+                "shipper_kafka_errors_total; logged once per sink, topic and kind)", sink, topic or "-", kind, n,
+                error, "needs an operator: the events stay in the buffer and are retried" if needs_operator
+                else "the broker refused these records for good: dropped"
+                if kind in ("record_too_large", "invalid_record") else "retried")
+
+
+def kafka_oversize(m: Metrics, sink: str, container: str, action: str, size: int, limit: int) -> None:
+    """An event whose record would pass max_message_bytes: cut to fit (action=truncate) or left out (drop)."""
+    m.inc("shipper_kafka_oversize_events_total", sink=sink, container=container, action=action)
+    if action == "truncate":
+        m.inc("shipper_events_truncated_total", container=container, where="kafka")
+    if _once("kafka_oversize", sink, container, action):
+        log.warning("event larger than the kafka sink's max_message_bytes sink=%s container=%s action=%s size=%d "
+                    "limit=%d (counted in shipper_kafka_oversize_events_total; logged once per container)",
+                    sink, container, action, size, limit)
+
+
+def logstash_window_acked(m: Metrics, sink: str, host: str, events: int) -> None:
+    """A Lumberjack window (or a json_lines/http request) the host acknowledged in full."""
+    m.inc("shipper_logstash_windows_total", sink=sink, host=host)
+    m.inc("shipper_logstash_events_acked_total", events, sink=sink, host=host)
+
+
+def logstash_events_acked(m: Metrics, sink: str, host: str, events: int, status: int = 0) -> None:
+    """Events a json_lines or http host acknowledged (TCP acknowledgements; a 2xx response, its `status`)."""
+    m.inc("shipper_logstash_events_acked_total", events, sink=sink, host=host)
+    if status:
+        m.inc("shipper_logstash_http_responses_total", sink=sink, host=host, status=str(status))
+
+
+def logstash_partial_ack(m: Metrics, sink: str, host: str, acked: int, count: int) -> None:
+    """An ACK covering part of a window: those events are delivered; the rest follow or are sent again."""
+    m.inc("shipper_logstash_partial_acks_total", sink=sink, host=host)
+    log.debug("logstash partial ACK sink=%s host=%s acked=%d of=%d", sink, host, acked, count)
+
+
+def logstash_keepalive(m: Metrics, sink: str, host: str) -> None:
+    """Logstash is busy with a window and says so: the ACK timeout starts again, nothing is resent."""
+    m.inc("shipper_logstash_keepalives_total", sink=sink, host=host)
+    if _once("logstash_keepalive", sink, host):
+        log.info("logstash host is busy and sends keep-alive ACKs sink=%s host=%s (waiting on; counted in "
+                 "shipper_logstash_keepalives_total; logged once per host)", sink, host)
+
+
+def logstash_host_down(m: Metrics, sink: str, host: str, what: str, error: str, retry_in: float, unacked: int,
+                       first: bool) -> None:
+    """A host failed (`what`: connect, window, request): its unacked events go to another host or are retried;
+    the host is not used again for `retry_in` seconds while another works. Logged as a warning when it was
+    up (or untried), then at debug level until it works again."""
+    m.inc("shipper_logstash_host_failures_total", sink=sink, host=host, what=what)
+    m.set("shipper_logstash_host_up", 0, sink=sink, host=host)
+    log.log(logging.WARNING if first else logging.DEBUG,
+            "logstash host failed sink=%s host=%s what=%s unacked_events=%d retry_in=%.1fs error=%s (its unacked "
+            "events are sent again, to another host if one works; counted in shipper_logstash_host_failures_total)",
+            sink, host, what, unacked, retry_in, error)
+
+
+def logstash_host_up(m: Metrics, sink: str, host: str) -> None:
+    m.set("shipper_logstash_host_up", 1, sink=sink, host=host)
+    log.info("logstash host works sink=%s host=%s", sink, host)
+
+
+def logstash_window_size(m: Metrics, sink: str, host: str, size: int) -> None:
+    m.set("shipper_logstash_window_size", size, sink=sink, host=host)
+
+
+def logstash_events_moved(m: Metrics, sink: str, host: str, n: int) -> None:
+    """Events a failed host had not acknowledged, handed to another: Logstash may have taken some of them
+    before failing, so they can arrive twice (same event.id), never zero times."""
+    m.inc("shipper_logstash_events_moved_total", n, sink=sink, host=host)
+    m.inc("shipper_sink_resent_events_total", n, sink=sink)
+
+
+def logstash_failover(m: Metrics, sink: str, old: str, new: str) -> None:
+    m.inc("shipper_sink_failovers_total", sink=sink)
+    log.warning("logstash sink failed over sink=%s from=%s to=%s", sink, old, new)
+
+
+def logstash_http_response(m: Metrics, sink: str, host: str, status: int, body: str, action: str) -> None:
+    """A response other than 2xx from Logstash's http input; `body` (cut short) says why. Logged once per
+    host and status; `action` is retry or reject."""
+    m.inc("shipper_logstash_http_responses_total", sink=sink, host=host, status=str(status))
+    if _once("logstash_http", sink, host, str(status)):
+        log.log(logging.ERROR if action == "reject" else logging.WARNING,
+                "logstash http input answered status=%d sink=%s host=%s action=%s body=%r (counted in "
+                "shipper_logstash_http_responses_total; logged once per host and status)",
+                status, sink, host, action, body)
+
+
 def docker_daemon_up(m: Metrics, up: bool, error: str, first: bool) -> None:
     """The Docker daemon's ping changed: answering, or not (said on every change, once each way)."""
     m.set("shipper_docker_up", int(up))
@@ -240,3 +345,19 @@ def docker_restarted(m: Metrics, old_start: float, new_start: float, old_id: str
 
 def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "-"
+
+
+def config_reload_refused(m: Metrics, error: Exception) -> None:
+    m.inc("shipper_config_reloads_total", result="refused")
+    log.error("reload refused, still running with the config it had: config error: %s", error)
+
+
+def config_reloaded(m: Metrics, added: Sequence[str], removed: Sequence[str], changed: Sequence[str],
+                    unchanged: int, restart: Sequence[str]) -> None:
+    m.inc("shipper_config_reloads_total", result="applied")
+    log.info("config reloaded: sinks added=%s removed=%s changed=%s unchanged=%d", ",".join(added) or "-",
+             ",".join(removed) or "-", ",".join(changed) or "-", unchanged)
+    if restart:
+        log.warning("reload: [%s] changed, which takes a restart (%s); running on with the old values",
+                    "], [".join(restart), "where events and offsets live" if {"buffer", "state"} & set(restart)
+                    else "read at start only")

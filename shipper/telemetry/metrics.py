@@ -110,6 +110,34 @@ HELP: dict[str, Spec | str] = {
                                                 "truncated).", "sink", "reason"),
     "shipper_sink_torn_bytes_total": counter("Bytes of a torn last line (left by a crash) a file sink cut at "
                                              "start.", "sink"),
+    "shipper_kafka_records_sent_total": counter("Records a Kafka sink had acknowledged by the broker.", "sink",
+                                                "topic"),
+    "shipper_kafka_bytes_sent_total": counter("Bytes (key, value, headers; before compression) of records a Kafka "
+                                              "sink had acknowledged.", "sink", "topic"),
+    "shipper_kafka_errors_total": counter("Records a Kafka send failed for, by kind of error (retried, or "
+                                          "dropped for record_too_large and invalid_record).", "sink", "topic",
+                                          "kind"),
+    "shipper_kafka_request_seconds": histogram("Time from a Kafka request's send to the broker's last "
+                                               "acknowledgement.", "sink", "topic", buckets=LATENCY_BUCKETS),
+    "shipper_kafka_oversize_events_total": counter("Events larger than a Kafka sink's max_message_bytes, by "
+                                                   "action (truncate, drop).", "sink", "container", "action"),
+    "shipper_logstash_windows_total": counter("Lumberjack windows a Logstash host acknowledged in full.", "sink",
+                                              "host"),
+    "shipper_logstash_events_acked_total": counter("Events a Logstash host acknowledged (beats: ACKs; json_lines: "
+                                                   "TCP acknowledgements; http: 2xx responses).", "sink", "host"),
+    "shipper_logstash_partial_acks_total": counter("ACKs covering part of a Lumberjack window.", "sink", "host"),
+    "shipper_logstash_keepalives_total": counter("Keep-alive ACKs (sequence 0 or repeated) from a busy Logstash.",
+                                                 "sink", "host"),
+    "shipper_logstash_host_failures_total": counter("Times a Logstash host failed (connect, window, timeout, "
+                                                    "request).", "sink", "host", "what"),
+    "shipper_logstash_host_up": gauge("1 while a Logstash host works, 0 after it failed until it works again.",
+                                      "sink", "host"),
+    "shipper_logstash_window_size": gauge("Events the next Lumberjack window to a host may carry (adaptive).",
+                                          "sink", "host"),
+    "shipper_logstash_events_moved_total": counter("Events not acknowledged by a failed Logstash host, sent to "
+                                                   "another (possible duplicates).", "sink", "host"),
+    "shipper_logstash_http_responses_total": counter("HTTP responses from Logstash's http input, by status.",
+                                                     "sink", "host", "status"),
     # --- buffer and spool ---
     "shipper_buffer_events": gauge("Events in the buffer."),
     "shipper_buffer_bytes": gauge("Bytes in the buffer."),
@@ -123,6 +151,8 @@ HELP: dict[str, Spec | str] = {
     "shipper_spool_cursor_lag_events": gauge("Events in the spool a sink has not acknowledged yet.", "sink"),
     # --- the process ---
     "shipper_task_restarts_total": counter("Times a long-lived task failed and was restarted.", "task"),
+    "shipper_config_reloads_total": counter("Config reloads (SIGHUP), by result: applied, or refused (a bad "
+                                            "config; the running one kept).", "result"),
     "shipper_event_loop_lag_seconds": histogram("How late the event loop woke a timer: its lag, measured every "
                                                 "0.25 s.", buckets=LATENCY_BUCKETS),
     "shipper_build_info": gauge("Always 1; the version is a label.", "version"),

@@ -213,4 +213,17 @@ class SyslogHarness(Harness):
         return [m for key in sorted(payload.by_key) for m in payload.by_key[key].messages]
 
 
-HARNESSES: dict[str, type[Harness]] = {h.name: h for h in (NullHarness, FileHarness, StdoutHarness, SyslogHarness)}
+def _kafka() -> type[Harness]:
+    from tests.contract.kafka_harness import KafkaHarness  # imports this module: after Harness is defined
+
+    return KafkaHarness
+
+
+def _logstash() -> type[Harness]:
+    from tests.contract.logstash_harness import LogstashHarness  # imports this module: after Harness is defined
+
+    return LogstashHarness
+
+
+HARNESSES: dict[str, type[Harness]] = {h.name: h for h in (NullHarness, FileHarness, StdoutHarness, SyslogHarness,
+                                                           _kafka(), _logstash())}

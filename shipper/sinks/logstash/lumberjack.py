@@ -17,7 +17,20 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+
+def _deflater() -> tuple[Callable[[bytes, int], bytes], str]:
+    """zlib-ng when installed (the `fast` extra): the same zlib format and levels, about twice as fast and
+    often smaller; else the standard library's zlib."""
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:  # pragma: no cover - depends on what is installed
+        return zlib.compress, "zlib"
+    return zlib_ng.compress, "zlib-ng"
+
+
+deflate, DEFLATE_BACKEND = _deflater()  # any zlib inflater (Logstash's java.util.zip) reads what it writes
 
 VERSION = b"2"
 FRAME_WINDOW = b"W"
@@ -62,7 +75,7 @@ def compressed_header(size: int) -> bytes:
 
 
 def compressed_frame(frames: bytes, level: int) -> bytes:
-    data = zlib.compress(frames, level)
+    data = deflate(frames, level)
     return compressed_header(len(data)) + data
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from shipper.sinks.logstash.config import LogstashConfig, Protocol
 from shipper.sinks.logstash.lumberjack import (
     compressed_frame,
     compressed_header,
+    deflate,
     encode_window,
     json_frames,
     window_frame,
@@ -144,7 +144,7 @@ class LogstashSink(Sink):
         frames = json_frames(docs)
         if len(frames) < COMPRESS_OFF_LOOP_BYTES:
             return window_frame(len(docs)) + compressed_frame(frames, level)
-        data = await asyncio.to_thread(zlib.compress, frames, level)
+        data = await asyncio.to_thread(deflate, frames, level)
         return window_frame(len(docs)) + compressed_header(len(data)) + data
 
     async def healthcheck(self) -> None:

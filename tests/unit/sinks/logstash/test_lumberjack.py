@@ -8,6 +8,7 @@ import pytest
 
 from shipper.sinks.logstash.lumberjack import (
     ACK_FRAME_BYTES,
+    DEFLATE_BACKEND,
     FRAME_ACK,
     FRAME_COMPRESSED,
     FRAME_JSON,
@@ -17,6 +18,7 @@ from shipper.sinks.logstash.lumberjack import (
     ack_frame,
     compressed_frame,
     decode_frames,
+    deflate,
     encode_window,
     json_frames,
     parse_ack,
@@ -46,12 +48,24 @@ def test_plain_window() -> None:
 
 
 def test_compressed_window() -> None:
+    """The frames around the zlib data are exact; the zlib data itself depends on the deflater installed
+    (zlib or zlib-ng): any inflater must read it back to exactly the json frames."""
     docs = [b'{"n":1}', b'{"n":2}']
     frames = b"2J\x00\x00\x00\x01\x00\x00\x00\x07" b'{"n":1}' b"2J\x00\x00\x00\x02\x00\x00\x00\x07" b'{"n":2}'
-    data = zlib.compress(frames, 3)
+    data = deflate(frames, 3)
     assert encode_window(docs, 3) == b"2W\x00\x00\x00\x02" + b"2C" + len(data).to_bytes(4, "big") + data
+    assert zlib.decompress(data) == frames  # the standard inflater, as Logstash's java.util.zip
     assert compressed_frame(frames, 9)[:2] == b"2C"
     assert zlib.decompress(compressed_frame(frames, 9)[6:]) == frames
+
+
+def test_the_faster_deflater_is_zlib_ng_when_installed() -> None:
+    try:
+        import zlib_ng  # noqa: F401
+    except ImportError:
+        assert DEFLATE_BACKEND == "zlib"
+    else:
+        assert DEFLATE_BACKEND == "zlib-ng"
 
 
 def test_multibyte_documents_are_counted_in_bytes() -> None:

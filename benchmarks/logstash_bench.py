@@ -168,8 +168,11 @@ def main() -> None:
 
     rate = {k: med(k, lambda r: r["events"] / r["wall"]) for k in kinds}
     base = rate.get("null", 0.0)
+    sys.path.insert(0, str(HERE.parent))
+    from shipper.sinks.logstash.lumberjack import DEFLATE_BACKEND
+
     print(f"\nshipper Logstash benchmark: {entries:,} json-file entries, {a.containers} containers, memory buffer, "
-          f"median of {a.runs} runs")
+          f"beats windows deflated by {DEFLATE_BACKEND}, median of {a.runs} runs")
     print(f"| {'sink':<12} | {'events/s':>10} | {'CPU s per M events':>18} | {'peak RSS MiB':>12} | "
           f"{'vs null':>7} |")
     print(f"|{'-' * 14}|{'-' * 12}|{'-' * 20}|{'-' * 14}|{'-' * 9}|")

@@ -5,6 +5,9 @@
   Docker daemon, a sink failing past its retry budget, the spool not writable, the event loop stalled.
 - `/ready`: 200 once started and discovery has synced once; 503 while starting or stopping.
 - `/status`: the JSON document `shipper status` and the page read (containers, sinks, buffer, drops, dockerd).
+- `POST /-/reload`: read the config file again and apply its sinks, as SIGHUP does; 200 applied, 422 refused
+  (the running config kept; the log says why), 409 when no reload could start (one is running, or the config
+  came from standard input).
 
 Bound to loopback by default (`[admin] address`); elsewhere only with TLS or an explicit `allow_insecure`
 (checked when the config is loaded). With a token configured, every path but /health needs
@@ -14,6 +17,7 @@ token is a 401, compared in constant time.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import socket
@@ -63,6 +67,7 @@ class AdminServer:
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/status", self._status)
+        app.router.add_post("/-/reload", self._reload)
         return app
 
     async def start(self) -> None:
@@ -112,6 +117,17 @@ class AdminServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         return _json(self.status.snapshot())
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        task = self.status.app.request_reload("reload requested on the admin server")
+        if task is None:
+            return _json({"reloaded": False, "reason": "no reload could start: one is running, or the config "
+                                                       "cannot be read again (see shipper's log)"}, 409)
+        applied = await asyncio.shield(task)  # a client that goes away must not cancel the reload
+        if applied:
+            return _json({"reloaded": True})
+        return _json({"reloaded": False, "reason": "the new config was refused and the running one kept; "
+                                                   "shipper's log says why"}, 422)
 
     async def _page(self, request: web.Request) -> web.Response:
         return web.Response(text=render_page(self.status.snapshot(), self.host_name), content_type="text/html",

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,25 @@ def test_metrics_match_what_arrived(tmp_path: Path, run_container: Any, monkeypa
     assert sink_stats and sink_stats[-1]["events_sent"] == 3 * LINES and sink_stats[-1]["state"] == "up"
     gone = d.cli("status")
     assert gone.returncode == 3 and "not running" in gone.stdout
+
+
+def test_reload_on_the_admin_server_adds_a_sink(tmp_path: Path, run_container: Any) -> None:
+    d = AdminShipper(tmp_path).start()
+    d.wait_admin()
+    run_container(["sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); usleep 50000; done"], labels=d.labels)
+    d.until(lambda: d.status()["sinks"]["out"]["sent_events"] > 0, 30, "delivery")
+    good = d.config.read_text()
+    d.config.write_text(good + '\n[sinks.extra]\ntype = "null"\n')
+    req = urllib.request.Request(d.base + "/-/reload", method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200 and orjson.loads(r.read()) == {"reloaded": True}
+    d.until(lambda: d.status()["sinks"].get("extra", {}).get("sent_events", 0) > 0, 30, "the new sink delivering")
+    d.config.write_text(good + "\n[sinks.broken]\ntype = \"nope\"\n")  # refused: the running config is kept
+    try:
+        urllib.request.urlopen(urllib.request.Request(d.base + "/-/reload", method="POST"), timeout=30)
+        raise AssertionError("a refused config answered 2xx")
+    except urllib.error.HTTPError as e:
+        assert e.code == 422
+    assert set(d.status()["sinks"]) == {"out", "extra"}
+    assert d.metrics()[("shipper_config_reloads_total", (("result", "refused"),))] == 1
+    assert d.stop() == 0

@@ -180,3 +180,14 @@ async def test_address_in_use_is_said_and_tried_again(tmp_path: Path, monkeypatc
         assert (await get(f"http://127.0.0.1:{port}/health"))[0] == 503  # listening now
         await retry  # done once it listens
         await app.admin.close()
+
+
+async def test_reload_needs_the_token_and_a_running_app(served: tuple[App, str]) -> None:
+    _, base = served
+    async with aiohttp.ClientSession() as s:
+        async with s.post(base + "/-/reload") as r:
+            assert r.status == 401
+        async with s.post(base + "/-/reload", headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 409 and not (await r.json())["reloaded"]  # not running: nothing to reload
+        async with s.get(base + "/-/reload", headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 405  # a change of state is a POST

@@ -39,6 +39,7 @@ from shipper.config import BufferType, Config, Discovery, ReadMode
 from shipper.docker.metadata import JSON_FILE, ContainerInfo, default_log_path, own_container_id
 from shipper.errors import ConfigError, SpoolError
 from shipper.event import Batch, Checkpoint
+from shipper.pidfile import remove_pid_file, write_pid_file
 from shipper.preflight import make_state_dir, may
 from shipper.sinks import sink_class
 from shipper.sinks.base import SinkBase, SinkContext
@@ -124,7 +125,6 @@ class App:
         self.ops = Status(self)  # what /status, /health and the page say
         self.admin: AdminServer | None = None
         self.docker_watch: DockerWatch | None = None
-        self.last_change = 0.0  # monotonic time discovery last reported a container change
         self._gone_labels: dict[str, str] = {}  # id of a removed container -> its metric label
         self.reload_config: Callable[[], Config] | None = None  # set by `shipper run`: reads the config again
         self.sink_tasks: dict[str, asyncio.Task[None]] = {}  # sink name -> the task running its runner
@@ -203,6 +203,7 @@ class App:
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
+            write_pid_file(self.state_dir)  # once SIGHUP is handled: `shipper reload` finds this process by it
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
                 for n, r in self.runners.items():
@@ -229,6 +230,7 @@ class App:
                 for t in self.sink_tasks.values():
                     t.cancel()
         finally:
+            remove_pid_file(self.state_dir)  # before SIGHUP's handler goes: a reload sent later finds no daemon
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -427,7 +429,6 @@ class App:
 
     def _apply(self, change: Any) -> None:
         cid, info = change.id, change.info
-        self.last_change = time.monotonic()
         if change.kind == "remove":
             waiting = self.pending.pop(cid, None)
             if waiting is not None:
@@ -688,13 +689,8 @@ class App:
         from shipper.docker.watch import DockerWatch
 
         self.docker_watch = DockerWatch(lambda: self.docker, self.metrics, self.config.docker.data_root, interval,
-                                        self._events_state)
+                                        lambda: self.discovery)
         return self.docker_watch
-
-    def _events_state(self) -> tuple[bool, float]:
-        """(discovery's /events stream connected, monotonic time of the last container change it reported)."""
-        synced = getattr(self.discovery, "synced", None)
-        return bool(synced is not None and synced.is_set()), self.last_change
 
     def _forget_series(self, cid: str) -> None:
         """A container gone for good: its per-container series go (unless a live reader has its name)."""

@@ -1,4 +1,4 @@
-"""The `shipper` command: run, check, replay, version."""
+"""The `shipper` command: run, check, replay, status, reload, version."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -201,6 +202,101 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
 
 
+RELOAD_TIMEOUT_SECS = 60.0  # a reload closes changed sinks (10 s each at most) before it answers
+NOT_RUNNING = 3
+
+
+def _daemon_sections(args: argparse.Namespace) -> tuple[Config, ConfigError | None]:
+    """The config that says where the daemon is ([admin], [state]), and the error the whole config has, if
+    any: a config broken elsewhere must still reach the daemon, which judges it (its refusal says why).
+    Raises ConfigError when even [admin] and [state] cannot be read."""
+    import tomllib
+
+    from shipper.config import load_dict
+
+    overrides = getattr(args, "set", None) or []
+    try:
+        return load(args.config, overrides=overrides), None
+    except ConfigError as e:
+        error = e
+    path = config_path(args.config)
+    if path is None or str(path) == "-":
+        raise error
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        raise error from None
+    where = ("admin", "state")
+    part = {k: data[k] for k in where if k in data} | {"sinks": {"none": {"type": "null"}}}
+    ours = tuple(f"{ENV_PREFIX}_{w.upper()}_" for w in where)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(f"{ENV_PREFIX}_") or k.startswith(ours)}
+    sets = [o for o in overrides if o.partition("=")[0].strip().startswith(tuple(f"{w}." for w in where))]
+    return load_dict(part, env, sets), error
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Exit 0: the daemon applied the config (or, with the admin server off, SIGHUP was sent); 1: refused;
+    2: the config does not say how to reach the daemon, or the daemon refused the token; 3: not running."""
+    from shipper.pidfile import NoDaemon, daemon_pid
+    from shipper.telemetry.client import NoAnswer, NotRunning, TokenRefused, admin_url, call
+
+    try:
+        cfg, error = _daemon_sections(args)
+    except ConfigError as e:
+        print(f"shipper: not reloaded: config error: {e} (the daemon was not asked and runs on with its config)",
+              file=sys.stderr)
+        return 2
+    if cfg.admin.address:
+        url = admin_url(cfg.admin, "/-/reload")
+        try:
+            code, doc = call(cfg.admin, "/-/reload", method="POST", timeout=RELOAD_TIMEOUT_SECS)
+        except ConfigError as e:  # the token file went away, or is empty
+            print(f"shipper: not reloaded: config error: {e}", file=sys.stderr)
+            return 2
+        except TokenRefused as e:
+            print(f"shipper: not reloaded: {e}", file=sys.stderr)
+            return 2
+        except NoAnswer as e:
+            print(f"shipper: {e}: the reload may still be under way; the daemon's log says whether it was "
+                  f"applied", file=sys.stderr)
+            return NOT_RUNNING
+        except NotRunning as e:
+            print(f"shipper: not reloaded: {e}", file=sys.stderr)
+            return NOT_RUNNING
+        if code == 200 and doc.get("reloaded"):
+            print(f"reloaded: the daemon applied the config (asked at {url})")
+            return 0
+        reason = doc.get("reason") or f"it answered HTTP {code}"
+        print(f"shipper: not reloaded: the daemon refused (HTTP {code} at {url}): {reason}", file=sys.stderr)
+        if error is not None:
+            print(f"shipper: this config, read here: {error}", file=sys.stderr)
+        return 1
+    state = cfg.state.path
+    try:
+        pid = daemon_pid(state)
+    except NoDaemon as e:
+        print(f"shipper: not reloaded: the admin server is off in this config ([admin] address = \"\") and {e}",
+              file=sys.stderr)
+        return NOT_RUNNING
+    if error is not None:
+        print(f"shipper: not reloaded: config error: {error} (the daemon, pid {pid}, would refuse it: it was not "
+              f"signalled and runs on with its config)", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"shipper: not reloaded: pid {pid} (from {state}) is gone", file=sys.stderr)
+        return NOT_RUNNING
+    except PermissionError:
+        print(f"shipper: not reloaded: no permission to signal pid {pid} (run as the daemon's user)",
+              file=sys.stderr)
+        return 2
+    print(f"reload signalled: SIGHUP sent to the daemon, pid {pid} (the admin server is off in this config, so "
+          f"it cannot answer; its log says `config reloaded` or `reload refused` with the reason)")
+    return 0
+
+
 _TIME_OPTIONS = ("--since", "--until")
 
 
@@ -275,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--interval", type=float, default=2.0, help="seconds between redraws with --watch")
     st.add_argument("--json", action="store_true", help="print the /status document as it is")
     st.set_defaults(func=cmd_status)
+
+    rl = sub.add_parser("reload", parents=[common],
+                        help="make the running daemon read its config again and apply its sinks (through its "
+                             "admin server, else SIGHUP); exit 0 applied, 1 refused, 3 not running")
+    rl.set_defaults(func=cmd_reload)
     return p
 
 

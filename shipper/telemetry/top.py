@@ -1,23 +1,19 @@
 """`shipper status [--watch]`: the running daemon's /status as a table in the terminal.
 
-The daemon is found through the config's [admin] section (address, TLS, token), so the command needs the
-same config file as the daemon. With TLS the daemon's own certificate (`tls_cert`) is the trust anchor: the
-connection is refused if the server shows another. `--watch` redraws in place (plain ANSI: home, clear) every
-`--interval` seconds until interrupted, and keeps trying while the daemon is down.
+The daemon is found through the config's [admin] section (address, TLS, token) by `shipper.telemetry.client`,
+as `shipper reload` finds it, so the command needs the same config file as the daemon. `--watch` redraws in
+place (plain ANSI: home, clear) every `--interval` seconds until interrupted, and keeps trying while the
+daemon is down.
 """
 
 from __future__ import annotations
 
 import re
-import ssl
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
-import orjson
-
-from shipper.telemetry.config import AdminConfig, split_address
+from shipper.telemetry.client import NotRunning, admin_url, call
+from shipper.telemetry.config import AdminConfig
 
 NOT_RUNNING = 3
 UNHEALTHY = 1
@@ -26,45 +22,13 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 BOLD, RED, GREEN, YELLOW, RESET = "\x1b[1m", "\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[0m"
 
 
-class NotRunning(Exception):
-    """The admin server did not answer: the daemon is not running, or not at that address."""
-
-
-def status_url(cfg: AdminConfig) -> str:
-    host, port = split_address(cfg.address)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    host = f"[{host}]" if ":" in host else host
-    return f"{'https' if cfg.tls_cert else 'http'}://{host}:{port}/status"
-
-
-def _client_tls(cfg: AdminConfig) -> ssl.SSLContext | None:
-    if not cfg.tls_cert:
-        return None
-    ctx = ssl.create_default_context(cafile=cfg.tls_cert)  # the daemon's own certificate, pinned
-    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a CA-issued leaf is its own anchor here
-    ctx.check_hostname = False  # the address may be 0.0.0.0; the pinned certificate is what is checked
-    return ctx
-
-
 def fetch(cfg: AdminConfig, timeout: float = 5.0) -> dict[str, Any]:
-    url = status_url(cfg)
-    headers = {"Accept": "application/json"}
-    token = cfg.token()
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout, context=_client_tls(cfg)) as resp:
-            doc: dict[str, Any] = orjson.loads(resp.read())
-            return doc
-    except urllib.error.HTTPError as e:
-        if e.code == 401:
-            raise NotRunning(f"{url} refused the token (401): check [admin] token_file / token_env") from None
-        raise NotRunning(f"{url} answered HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise NotRunning(f"the daemon is not running, or its admin server is not at {url} ([admin] address in "
-                         f"the config): {reason}") from None
+    """The daemon's /status document; NotRunning when it does not give one."""
+    code, doc = call(cfg, "/status", timeout=timeout)
+    if code != 200 or not doc:
+        what = "" if doc else " without a JSON document"
+        raise NotRunning(f"{admin_url(cfg, '/status')} answered HTTP {code}{what}")
+    return doc
 
 
 def _n(v: Any) -> str:

@@ -1,0 +1,242 @@
+"""`shipper reload` against a real `shipper run`: through the admin server (applied, refused with the daemon's
+reason, a wrong token, nobody listening, a config from standard input), and by SIGHUP through the pid file
+when the admin server is off (applied, a bad config not sent, no pid file, a stale one naming another program).
+
+Docker is not needed: discovery = "files" reads a data root written by the test (as in test_cli_run.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shipper.pidfile import PID_FILE, is_shipper_run
+from tests.unit.test_cli_run import LINES, append_lines, messages, write_container
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SHIPPER_", "DOCKER_"))}
+
+
+class Daemon:
+    """`shipper run` on a data root of one container, one file sink `out`, [admin] as the test says."""
+
+    def __init__(self, tmp: Path, admin: str) -> None:
+        self.tmp = tmp
+        self.state = tmp / "state"
+        self.out = tmp / "out.jsonl"
+        self.data_root = tmp / "docker"
+        write_container(self.data_root)
+        self.config = tmp / "shipper.toml"
+        self.base = f"""
+[docker]
+discovery = "files"
+data_root = "{self.data_root}"
+scan_interval_secs = 0.1
+poll_interval_secs = 0.05
+[state]
+dir = "{self.state}"
+flush_interval_secs = 0.1
+[telemetry]
+stats_interval_secs = 0
+docker_ping_interval_secs = 0
+[admin]
+{admin}
+[sinks.out]
+type = "file"
+path = "{self.out}"
+"""
+        self.config.write_text(self.base)
+        self.log = tmp / "shipper.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, stdin_config: bool = False) -> Daemon:
+        args = ["--config", "-"] if stdin_config else ["--config", str(self.config)]
+        with self.log.open("ab") as logf:
+            self.proc = subprocess.Popen([sys.executable, "-m", "shipper", "run", *args], stdout=logf,
+                                         stderr=subprocess.STDOUT, cwd=self.tmp, env=clean_env(),
+                                         stdin=subprocess.PIPE if stdin_config else None)
+        if stdin_config:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(self.base.encode())
+            self.proc.stdin.close()
+        self.wait_for(lambda: len(messages(self.out)) == LINES and (self.state / PID_FILE).exists(),
+                      "every line delivered and the pid file written")
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return
+            assert self.proc is not None and self.proc.poll() is None, f"shipper exited: {self.text()}"
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}: {self.text()}")
+
+    def reload(self, body: str = "", *extra: str) -> subprocess.CompletedProcess[str]:
+        """Write the base config plus `body`, then `shipper reload --config` it."""
+        self.config.write_text(self.base + body)
+        return subprocess.run([sys.executable, "-m", "shipper", "reload", "--config", str(self.config), *extra],
+                              capture_output=True, text=True, timeout=90, cwd=ROOT, env=clean_env())
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    made: list[Daemon] = []
+    yield made
+    for d in made:
+        d.kill()
+
+
+def second_sink(tmp: Path) -> tuple[Path, str]:
+    path = tmp / "second.jsonl"
+    return path, f'[sinks.second]\ntype = "file"\npath = "{path}"\n'
+
+
+def test_through_the_admin_server_applied_then_refused_with_the_reason(tmp_path: Path,
+                                                                      daemons: list[Daemon]) -> None:
+    """200 -> exit 0 and the new sink delivers; a bad config -> exit 1 with the daemon's answer and the key at
+    fault (read here), the daemon running on with the sinks it had; the pid file is 0600 and goes at stop."""
+    port = free_port()
+    d = Daemon(tmp_path, f'address = "127.0.0.1:{port}"')
+    daemons.append(d.start())
+    pid_file = d.state / PID_FILE
+    assert d.proc is not None and pid_file.read_text().strip() == str(d.proc.pid)
+    assert stat.S_IMODE(pid_file.stat().st_mode) == 0o600
+    second, body = second_sink(tmp_path)
+    r = d.reload(body)
+    assert r.returncode == 0, r.stderr
+    assert "reloaded: the daemon applied the config" in r.stdout and f"127.0.0.1:{port}/-/reload" in r.stdout
+    assert "sinks added=second" in d.text()
+    append_lines(d.data_root, LINES, 5)
+    d.wait_for(lambda: messages(second)[-1:] == [f"line {LINES + 4}"], "the added sink to deliver")
+    r = d.reload(body + "[sinks.third]\ntype = \"file\"\nno_such_key = 1\n")
+    assert r.returncode == 1, r.stderr
+    assert "the daemon refused (HTTP 422" in r.stderr and "sinks.third.no_such_key" in r.stderr
+    assert "reload refused" in d.text()
+    assert d.proc is not None and d.proc.poll() is None
+    assert d.stop() == 0
+    assert not pid_file.exists(), "the pid file must go when the daemon stops"
+    r = d.reload(body)
+    assert r.returncode == 3 and "not running" in r.stderr, r.stderr
+
+
+def test_a_wrong_token_is_exit_2_and_the_right_one_reloads(tmp_path: Path, daemons: list[Daemon]) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    port = free_port()
+    d = Daemon(tmp_path, f'address = "127.0.0.1:{port}"\ntoken_file = "{token}"')
+    daemons.append(d.start())
+    token.write_text("wrong\n")
+    r = d.reload()
+    assert r.returncode == 2 and "refused the token (401)" in r.stderr, r.stderr
+    assert "reloading the config" not in d.text()
+    token.write_text("s3cret\n")
+    r = d.reload()
+    assert r.returncode == 0, r.stderr
+    assert "config reloaded" in d.text()
+
+
+def test_a_config_from_standard_input_cannot_be_reloaded(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """The daemon answers 409 (no reload could start): exit 1 with its reason."""
+    d = Daemon(tmp_path, f'address = "127.0.0.1:{free_port()}"')
+    daemons.append(d.start(stdin_config=True))
+    r = d.reload()
+    assert r.returncode == 1, r.stderr
+    assert "HTTP 409" in r.stderr and "cannot be read again" in r.stderr
+
+
+def test_admin_server_off_reloads_by_sighup(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """No admin server: the pid file names the daemon, SIGHUP applies the new sink, and the command says that
+    is the way it went; a config that does not load is not sent (exit 1, the daemon untouched)."""
+    d = Daemon(tmp_path, 'address = ""')
+    daemons.append(d.start())
+    second, body = second_sink(tmp_path)
+    r = d.reload(body)
+    assert r.returncode == 0, r.stderr
+    assert d.proc is not None and f"SIGHUP sent to the daemon, pid {d.proc.pid}" in r.stdout
+    d.wait_for(lambda: "sinks added=second" in d.text(), "the SIGHUP reload")
+    append_lines(d.data_root, LINES, 5)
+    d.wait_for(lambda: messages(second)[-1:] == [f"line {LINES + 4}"], "the added sink to deliver")
+    r = d.reload("[buffer]\nmax_events = -5\n")
+    assert r.returncode == 1, r.stderr
+    assert "buffer.max_events" in r.stderr and "not signalled" in r.stderr
+    time.sleep(0.5)
+    assert d.text().count("reloading the config") == 1, "a config that does not load must not be sent"
+    assert d.proc.poll() is None
+
+
+def test_not_running_without_the_admin_server(tmp_path: Path) -> None:
+    """No pid file: exit 3. A stale pid file naming another program: exit 3, and that program is not
+    signalled (SIGHUP would end it)."""
+    d = Daemon(tmp_path, 'address = ""')
+    r = d.reload()
+    assert r.returncode == 3 and "no pid file" in r.stderr, r.stderr
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        d.state.mkdir(parents=True, exist_ok=True)
+        (d.state / PID_FILE).write_text(f"{other.pid}\n")
+        r = d.reload()
+        assert r.returncode == 3 and "which is not shipper" in r.stderr, r.stderr
+        time.sleep(0.2)
+        assert other.poll() is None, "another program named by a stale pid file was signalled"
+    finally:
+        other.kill()
+        other.wait()
+    (d.state / PID_FILE).write_text(f"{other.pid}\n")  # gone now
+    r = d.reload()
+    assert r.returncode == 3 and "not running" in r.stderr, r.stderr
+
+
+def test_nobody_at_the_admin_address_and_an_unreadable_config(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, f'address = "127.0.0.1:{free_port()}"')
+    r = d.reload()
+    assert r.returncode == 3 and "not running" in r.stderr, r.stderr
+    d.config.write_text("[admin\n")
+    r = subprocess.run([sys.executable, "-m", "shipper", "reload", "--config", str(d.config)], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT, env=clean_env())
+    assert r.returncode == 2 and "not valid TOML" in r.stderr and "was not asked" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(("cmdline", "ok"), [
+    (["/usr/bin/python3", "-m", "shipper", "run", "--config", "/etc/shipper.toml"], True),
+    (["/usr/local/bin/shipper", "--config", "x.toml", "run"], True),
+    (["/usr/local/bin/shipper", "reload"], False),
+    (["sleep", "60"], False),
+    (["python3", "-m", "other", "--config", "/etc/shipper.toml", "run"], False),
+    ([], False),
+])
+def test_only_a_shipper_run_command_line_is_taken_for_the_daemon(cmdline: list[str], ok: bool) -> None:
+    assert is_shipper_run(cmdline) is ok

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
@@ -82,7 +83,19 @@ class Change:
 
 
 class ContainerDiscovery(ABC):
-    """`async for change in discovery:` never ends by itself and never raises for a transient failure."""
+    """`async for change in discovery:` never ends by itself and never raises for a transient failure.
+
+    `last_event`: the monotonic time the last event arrived on dockerd's /events stream (any event, counted
+    before anything is made of it), 0.0 before the first or when there is no stream (FileDiscovery): the
+    stream's own sign of life, whether or not the event changed a container shipper reads.
+    """
+
+    last_event = 0.0
+
+    @property
+    def events_connected(self) -> bool:
+        """The /events stream is live and the listing reconciled with it (False without a stream)."""
+        return False
 
     def __aiter__(self) -> AsyncIterator[Change]:
         return self.changes()
@@ -172,6 +185,10 @@ class ApiDiscovery(ContainerDiscovery):
         self._cert_refused_said = False
         self.state = "connecting"  # connected, unreachable, client_cert_refused (shipper_docker_api_state)
         self.synced = asyncio.Event()  # set while the event stream is live and the listing reconciled
+
+    @property
+    def events_connected(self) -> bool:
+        return self.synced.is_set()
 
     @property
     def backlog(self) -> int:
@@ -282,6 +299,7 @@ class ApiDiscovery(ContainerDiscovery):
         """Events into the bounded queue; when it is full, waits, then ends the session to resync (above)."""
         try:
             async for ev in stream:
+                self.last_event = time.monotonic()
                 if queue.full():
                     tel.docker_event_queue_full(self._metrics, queue.maxsize)
                     await queue.put(("event", ev))

@@ -8,7 +8,8 @@ A restart of dockerd is seen when its ID changes, or its start time does: the AP
 daemon started, so that is read from its process (`/var/run/docker.pid` and /proc) when shipper shares the
 host's PID namespace; otherwise a ping that fails and then answers again with another API session is the
 only sign, logged as an outage, not a restart. The events stream's health (connected, seconds since its last
-event) comes from discovery, which owns that stream.
+event: any event dockerd sent on it, whether or not it changed a container shipper reads) comes from
+discovery, which owns that stream.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from shipper.docker.client import DockerClient
+    from shipper.docker.discovery import ContainerDiscovery
     from shipper.telemetry.metrics import Metrics
 
 log = logging.getLogger("shipper.docker")
@@ -79,15 +81,15 @@ def json_log_usage(data_root: str) -> int:
 
 class DockerWatch:
     def __init__(self, client: Callable[[], DockerClient | None], metrics: Metrics, data_root: str,
-                 interval: float, events_state: Callable[[], tuple[bool, float]] | None = None,
+                 interval: float, discovery: Callable[[], ContainerDiscovery | None] | None = None,
                  pid_file: str = PID_FILE) -> None:
         """`client`: the app's current Engine API client (it is replaced when discovery restarts).
-        `events_state`: (connected, monotonic time of the last event) of discovery's /events stream."""
+        `discovery`: the app's current discovery, owner of the /events stream (connected, its last event)."""
         self._client = client
         self._metrics = metrics
         self._data_root = data_root
         self._interval = interval
-        self._events_state = events_state
+        self._discovery = discovery
         self._pid_file = pid_file
         self.up: bool | None = None
         self.ping_secs: float | None = None
@@ -176,9 +178,10 @@ class DockerWatch:
         self._metrics.set("shipper_docker_log_fs_size_bytes", self.fs_size)
 
     def _events_gauges(self) -> tuple[bool | None, float | None]:
-        if self._events_state is None:
+        if self._discovery is None:
             return None, None
-        connected, last = self._events_state()
+        d = self._discovery()
+        connected, last = (d.events_connected, d.last_event) if d is not None else (False, 0.0)
         age = time.monotonic() - last if last else None
         self._metrics.set("shipper_docker_events_connected", int(connected))
         if age is not None:

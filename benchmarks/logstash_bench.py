@@ -148,6 +148,14 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="shipper-logstash-bench-"))
+    try:
+        run_all(a, work)
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_all(a: argparse.Namespace, work: Path) -> None:
     data = Path(a.data) if a.data else work / "data"
     if not (data / "manifest.json").exists():
         subprocess.run([sys.executable, str(HERE / "workload.py"), str(data), "--records", str(a.records),
@@ -181,8 +189,6 @@ def main() -> None:
         rss = med(k, lambda r: r["rss_mib"])
         share = f"{rate[k] / base:.0%}" if base else "-"
         print(f"| {k:<12} | {rate[k]:>10,.0f} | {cpu:>18.2f} | {rss:>12.0f} | {share:>7} |")
-    if not a.keep:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,9 @@ class App:
         if self._reloading is not None and not self._reloading.done():
             log.warning("%s received while a reload is still running: ignored", why)
             return None
+        if self._stop.is_set():  # a sink started now could outlive the runners shutdown cancels
+            log.warning("%s received while stopping: ignored", why)
+            return None
         from shipper.reload import reload
 
         log.info("%s received: reloading the config", why)
@@ -227,6 +230,8 @@ class App:
                     t.cancel()
                 await self._stop_readers()
                 await self._drain(self.config.buffer.shutdown_drain_secs)
+                if self._reloading is not None:  # begun before the stop: it must not start a sink after this
+                    self._reloading.cancel()
                 for t in self.sink_tasks.values():
                     t.cancel()
         finally:

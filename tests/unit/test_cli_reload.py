@@ -240,3 +240,23 @@ def test_nobody_at_the_admin_address_and_an_unreadable_config(tmp_path: Path) ->
 ])
 def test_only_a_shipper_run_command_line_is_taken_for_the_daemon(cmdline: list[str], ok: bool) -> None:
     assert is_shipper_run(cmdline) is ok
+
+
+def test_a_reload_while_stopping_is_refused_and_the_stop_completes(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """During the shutdown drain (held here by a sink that cannot deliver) a reload is refused (409): a sink
+    started then would outlive the runners shutdown cancels, and the daemon would never exit."""
+    d = Daemon(tmp_path, f'address = "127.0.0.1:{free_port()}"')
+    d.base += (f'[sinks.down]\ntype = "syslog"\naddress = "tcp://127.0.0.1:{free_port()}"\nhealthcheck = false\n'
+               '[buffer]\nshutdown_drain_secs = 60\n')
+    d.config.write_text(d.base)
+    daemons.append(d.start())
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    d.wait_for(lambda: "draining" in d.text(), "the drain to start")
+    _, body = second_sink(tmp_path)
+    r = d.reload(body)
+    assert r.returncode == 1 and "HTTP 409" in r.stderr, r.stderr
+    assert "received while stopping: ignored" in d.text()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(15) == 0, d.text()
+    assert not (tmp_path / "second.jsonl").exists()

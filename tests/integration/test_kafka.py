@@ -452,3 +452,26 @@ async def test_tls_is_honoured_or_the_sink_fails(tls_material: dict[str, Certs],
         await sink.close()
         proxy.close()
         broker.stop()
+
+
+async def test_idempotence_on_a_broker_without_producer_ids_fails_clearly(broker: Tansu) -> None:
+    """The test broker refuses InitProducerId, as a broker without idempotence support does: the sink says so
+    and stays 'failing'; nothing is sent without the guarantee that was asked for."""
+    runner, buf, sink, _ = make_runner(broker.address, topic="idem", enable_idempotence=True)
+    meta = ContainerMeta(id="f" * 64, name="app", host="node-1")
+    task = None
+    try:
+        await buf.push(Batch(meta, [Event("2026-01-01T00:00:00Z", f"n={i}", seq=i) for i in range(5)]))
+        task = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + 30
+        while runner.state != "failing" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert runner.state == "failing"
+        assert runner.sent_events == 0
+        assert "refused the producer" in runner.last_error
+        assert "enable_idempotence needs brokers that grant producer ids" in runner.last_error
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await sink.close()

@@ -156,8 +156,14 @@ class KafkaSink(Sink):
                 await self._stop(producer)
                 kind = error_kind(e)
                 tel.kafka_error(self.context.metrics, self.context.name, "", kind, e, 0)
-                raise RetryableSinkError(f"kafka sink {self.context.name}: cannot reach brokers "
-                                         f"{','.join(cfg.brokers)}: {describe(e)}") from e
+                brokers = ",".join(cfg.brokers)
+                if kind == CONNECTION:
+                    raise RetryableSinkError(f"kafka sink {self.context.name}: cannot reach brokers {brokers}: "
+                                             f"{describe(e)}") from e
+                hint = (" (enable_idempotence needs brokers that grant producer ids)"
+                        if cfg.enable_idempotence else "")
+                raise RetryableSinkError(f"kafka sink {self.context.name}: the brokers {brokers} refused the "
+                                         f"producer: {describe(e)}{hint}") from e
             self._producer = producer
 
     def _usable(self) -> bool:

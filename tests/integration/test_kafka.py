@@ -55,7 +55,7 @@ def broker() -> Iterator[Tansu]:
     b.stop()
 
 
-def sink_toml(broker: Tansu, name: str = "bus", **keys: Any) -> str:
+def sink_toml(broker: Tansu | FakeBroker, name: str = "bus", **keys: Any) -> str:
     table = {"type": "kafka", "brokers": [broker.address], "request_timeout_secs": 5.0, "retry_max_secs": 2.0,
              **keys}
     lines = [f"[sinks.{name}]"] + [f"{k} = {_toml(v)}" for k, v in table.items()]
@@ -305,7 +305,7 @@ def test_an_unknown_topic_fails_the_sink_not_the_daemon(tmp_path: Path, run_cont
     topic). The error names the sink and topic, the sink turns 'failing', the events wait in the buffer."""
     fake = FakeBroker("unknown_topic")
     try:
-        d = Daemon(tmp_path, sink_toml(Tansu(fake.port), topic="missing.topic", retry_initial_secs=0.1,
+        d = Daemon(tmp_path, sink_toml(fake, topic="missing.topic", retry_initial_secs=0.1,
                                        retry_max_secs=0.3, request_timeout_secs=1.0))
         d.start()
         run_container(counting_loop(50), labels=d.labels)

@@ -81,7 +81,7 @@ def test_reload_under_load_adds_removes_and_changes_sinks_without_losing_a_line(
     port = free_port()
     head = f'[input]\nbatch_max_events = {INPUT_BATCH}\n[admin]\naddress = "127.0.0.1:{port}"\n'
     a, b = sink("a", f.a), sink("b", f.b)
-    c_extra = f"batch_max_events = {C_BATCH}\n"
+    c_extra = f"batch_max_events = {C_BATCH}\nfsync = true\n"  # a request stays in flight longer
     d = Daemon(tmp_path, head + a + b + sink("c", f.c, c_extra))
     base = d.config.read_text()
     sinks_at_start = a + b + sink("c", f.c, c_extra)

@@ -260,3 +260,25 @@ def test_a_reload_while_stopping_is_refused_and_the_stop_completes(tmp_path: Pat
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(15) == 0, d.text()
     assert not (tmp_path / "second.jsonl").exists()
+
+
+def test_over_tls_the_daemons_own_certificate_is_the_only_one_trusted(tmp_path: Path,
+                                                                     daemons: list[Daemon]) -> None:
+    """The same client as `shipper status`: over TLS, with the config's tls_cert pinned. A config naming
+    another certificate gets no answer it trusts (exit 3), and the daemon is not reloaded."""
+    from tests.conftest import require
+    from tests.tlsutil import have_openssl, make_certs
+
+    require("openssl", have_openssl())
+    certs, other = make_certs(tmp_path / "certs"), make_certs(tmp_path / "other")
+    port = free_port()
+    d = Daemon(tmp_path, f'address = "127.0.0.1:{port}"\ntls_cert = "{certs.server_cert}"\n'
+                         f'tls_key = "{certs.server_key}"')
+    daemons.append(d.start())
+    r = d.reload()
+    assert r.returncode == 0 and f"https://127.0.0.1:{port}/-/reload" in r.stdout, r.stderr
+    d.base = d.base.replace(str(certs.server_cert), str(other.server_cert)).replace(str(certs.server_key),
+                                                                                  str(other.server_key))
+    r = d.reload()
+    assert r.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in r.stderr, r.stderr
+    assert d.text().count("reloading the config") == 1

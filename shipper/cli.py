@@ -374,7 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     rl = sub.add_parser("reload", parents=[common],
                         help="make the running daemon read its config again and apply its sinks (through its "
-                             "admin server, else SIGHUP); exit 0 applied, 1 refused, 3 not running")
+                             "admin server, else SIGHUP); exit 0 applied, 1 refused, 3 not running",
+                        description="Asks the running daemon, at the [admin] address of the config (with its "
+                                    "token and TLS), to read its config again and apply its sinks (POST "
+                                    "/-/reload); with the admin server off, sends SIGHUP to the pid in "
+                                    "<state dir>/shipper.pid. Give it the daemon's config. Exit 0 applied (or "
+                                    "SIGHUP sent), 1 refused (the reason is printed), 2 the config cannot say "
+                                    "how to reach the daemon or the token was refused, 3 not running.")
     rl.set_defaults(func=cmd_reload)
     return p
 

@@ -252,7 +252,9 @@ class KafkaEncoder:
         if got is None:
             host = self.options.host_name
             rendered = self.topic.render(meta, host, stream)
-            topic = topic_name(rendered) if rendered else self.options.default_topic
+            topic = topic_name(rendered) if rendered else ""
+            if topic in ("", ".", ".."):  # a field missing, or a name Kafka refuses whatever its characters
+                topic = self.options.default_topic
             key = None
             if self.key is not None:
                 text = self.key.render(meta, host, stream)

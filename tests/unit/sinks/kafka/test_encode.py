@@ -76,6 +76,8 @@ def test_topic_and_key_templates_with_the_default_when_a_field_is_missing() -> N
     assert enc(key="").encode([Batch(META, [EV])]).keys == [None]
     weird = ContainerMeta(id="w", name="x", labels={"com.docker.compose.project": "my proj/ä"})
     assert enc(topic="logs.{compose.project}").encode([Batch(weird, [EV])]).topics == ["logs.my_proj__"]
+    dot = ContainerMeta(id="d", name="x", labels={"com.docker.compose.project": ".."})
+    assert enc(topic="{compose.project}", default_topic="fallback").encode([Batch(dot, [EV])]).topics == ["fallback"]
 
 
 def test_template_rejects_unknown_fields() -> None:

@@ -12,21 +12,41 @@ no log tree yet):
     python benchmarks/assemble_bench.py /tmp/mix --runs 5
 
 Profile with: python -m cProfile -s tottime benchmarks/assemble_bench.py /tmp/mix --runs 1
+
+`--decode` times ways of decoding the raw json-file lines of one chunk (256 KiB) into (time, stream, log):
+one `orjson.loads` per line (what the reader does) against one `orjson.loads` of the whole chunk joined into
+a JSON array, bare and with the checks that make its items provably the lines, one each (see
+`decode_array_exact`): the measured case for and against batch-at-a-time decoding.
+
+`--digest` checks instead of timing: every container's log goes through the json-file reader's parser
+(`_Parser._parse`, in chunks of `input.read_chunk_bytes`, events taken after each chunk, as the reader
+does) and a SHA-256 of every event (timestamp, message, stream, fields, flags, seq) and of the safe position
+after each chunk is printed. With `--tree DIR` the code comes from another source tree, so the output of
+two commits can be compared on the same workload:
+
+    python benchmarks/assemble_bench.py /tmp/mix --digest --tree /tmp/base
+    python benchmarks/assemble_bench.py /tmp/mix --digest        # the same digest: byte-identical events
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import statistics
 import subprocess
 import sys
 import time
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if "--tree" in sys.argv:  # the code of another source tree (see the docstring); before any import of it
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()))
+else:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shipper.config import load_dict
 from shipper.telemetry.metrics import Metrics
@@ -109,6 +129,121 @@ def run_once_with_loads(tree: list[tuple[str, list[bytes]]], batch: int) -> tupl
     return elapsed, n_entries, n_events
 
 
+_FIELDS = itemgetter("time", "stream", "log")
+_FIRST = itemgetter(0)
+
+
+def decode_per_line(lines: list[bytes]) -> list[tuple[str, str, str]]:
+    """One orjson.loads per line and the reader's type check (`+ ""`)."""
+    loads = orjson.loads
+    out = []
+    for line in lines:
+        d = loads(line)
+        out.append((d["time"] + "", d["stream"] + "", d["log"] + ""))
+    return out
+
+
+def decode_array(lines: list[bytes]) -> list[tuple[str, str, str]]:
+    """One orjson.loads of the chunk as an array, no checks: the floor of batch decoding (not exact)."""
+    return list(map(_FIELDS, orjson.loads(b"[" + b",\n".join(lines) + b"]")))
+
+
+def decode_array_exact(lines: list[bytes]) -> list[tuple[str, str, str]] | None:
+    """One orjson.loads of the chunk, each line wrapped as a one-item array ("[[" + "]\n,[".join + "]]"),
+    and the checks without which the items are not provably the lines (a line holding two objects and two
+    lines making one parse the same as valid lines otherwise): as many rows as lines, each exactly one
+    object of three string fields. None: fall back to per line."""
+    try:
+        rows = orjson.loads(b"[[" + b"]\n,[".join(lines) + b"]]")
+        if len(rows) != len(lines) or set(map(len, rows)) != {1}:
+            return None
+        items = list(map(_FIRST, rows))
+        if set(map(len, items)) != {3}:
+            return None
+        entries: list[tuple[str, str, str]] = list(map(_FIELDS, items))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if set(map(type, chain.from_iterable(entries))) != {str}:
+        return None
+    return entries
+
+
+def decode_table(tree: list[tuple[str, list[bytes]]], runs: int, chunk: int = 256 * 1024) -> None:
+    """ns per entry of each decoder, median of `runs`, over chunks of about `chunk` bytes of whole lines."""
+    chunks: list[list[bytes]] = []
+    for _, raw in tree:
+        cur: list[bytes] = []
+        size = 0
+        for line in raw:
+            cur.append(line.rstrip(b"\n"))
+            size += len(line)
+            if size >= chunk:
+                chunks.append(cur)
+                cur, size = [], 0
+        if cur:
+            chunks.append(cur)
+    n = sum(map(len, chunks))
+    decoders = [decode_per_line, decode_array, decode_array_exact]
+    for c in chunks:
+        assert decode_array_exact(c) == decode_per_line(c), "the array decoders must agree with per line"
+    times: dict[str, list[float]] = {d.__name__: [] for d in decoders}
+    for r in range(runs):
+        for d in decoders if r % 2 == 0 else reversed(decoders):
+            gc.collect()
+            t0 = time.process_time()
+            for c in chunks:
+                d(c)
+            times[d.__name__].append(time.process_time() - t0)
+    print(f"{n:,} json-file entries in {len(chunks)} chunks of ~{chunk // 1024} KiB, CPU ns per entry, median "
+          f"(min-max) of {runs} runs, interleaved")
+    print(f"| {'decoder':<20} | {'ns/entry':>8} | {'(min-max)':>11} |")
+    print(f"|{'-' * 22}|{'-' * 10}|{'-' * 13}|")
+    for name, ts in times.items():
+        print(f"| {name:<20} | {statistics.median(ts) / n * 1e9:>8.0f} | "
+              f"{min(ts) / n * 1e9:>5.0f}-{max(ts) / n * 1e9:<5.0f} |")
+
+
+def digest(root: Path) -> tuple[str, int, int, int]:
+    """(SHA-256, entries, events, invalid lines) of what the json-file parser makes of every container."""
+    from shipper.sources.base import SourceContext
+    from shipper.sources.jsonfile.parse import _Parser
+
+    cfg = load_dict({})
+    h = hashlib.sha256()
+    n_entries = n_events = 0
+    metrics = Metrics()
+
+    async def never(_: object) -> None:
+        raise AssertionError("the parser does not emit")
+
+    for d in sorted((root / "containers").iterdir()):
+        p = _Parser()
+        p.ctx = SourceContext(cfg, metrics, never)
+        p._label = d.name[:12]
+        p._asm = LineAssembler(p._label, cfg, metrics)
+        p._vbase = p._consumed = p._skip = 0
+        p._tail = b""
+        p._look = lambda: None  # type: ignore[method-assign]
+        for gen, f in enumerate(log_files(d)):
+            p._vbase, p._consumed, p._tail = gen << 40, 0, b""
+            data = f.read_bytes()
+            n_entries += data.count(b"\n")
+            for i in range(0, len(data), cfg.input.read_chunk_bytes):
+                p._parse(data[i:i + cfg.input.read_chunk_bytes])
+                for ev in p._asm.take():
+                    h.update(repr((ev.timestamp, ev.message, ev.stream, ev.fields, int(ev.flags),
+                                   ev.seq)).encode())
+                    n_events += 1
+                h.update(repr(("position", p._asm.safe_position(p._vbase + p._consumed),
+                               p._asm.safe_positions(p._vbase + p._consumed))).encode())
+        p._asm.flush()
+        for ev in p._asm.take():
+            h.update(repr((ev.timestamp, ev.message, ev.stream, ev.fields, int(ev.flags), ev.seq)).encode())
+            n_events += 1
+    invalid = int(sum(metrics.snapshot().get("shipper_lines_invalid_total", {}).values()))
+    return h.hexdigest(), n_entries, n_events, invalid
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path, help="log tree (ROOT/containers/<id>/<id>-json.log)")
@@ -118,11 +253,22 @@ def main() -> None:
     ap.add_argument("--containers", type=int, default=4)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=2048, help="entries between take() calls")
+    ap.add_argument("--digest", action="store_true", help="print a digest of the events the reader's parser "
+                    "makes (see the docstring) instead of timing")
+    ap.add_argument("--decode", action="store_true", help="time per-line against whole-chunk decoding")
+    ap.add_argument("--tree", help="source tree to import shipper from (with --digest: compare two trees)")
     a = ap.parse_args()
 
     if not (a.root / "containers").is_dir():
         subprocess.run([sys.executable, a.generator, str(a.root), "--records", str(a.records),
                         "--containers", str(a.containers)], check=True)
+    if a.decode:
+        decode_table(load_tree(a.root), a.runs)
+        return
+    if a.digest:
+        sha, n_entries, n_events, invalid = digest(a.root)
+        print(f"{sha}  entries={n_entries} events={n_events} invalid={invalid} tree={a.tree or '.'}")
+        return
 
     raw_tree = load_tree(a.root)
     tree = [(cid, parse(raw)) for cid, raw in raw_tree]

@@ -219,7 +219,11 @@ def part_encoding(a: argparse.Namespace, out: list[str]) -> None:
     variants: list[tuple[str, Path, bool | None]] = [("encode = false", HERE / "pipeline_bench.py", False),
                                                       ("encode = true", HERE / "pipeline_bench.py", True)]
     if a.baseline:
-        variants.insert(0, ("baseline", Path(a.baseline).resolve() / "benchmarks" / "pipeline_bench.py", None))
+        base_script = Path(a.baseline).resolve() / "benchmarks" / "pipeline_bench.py"
+        if a.baseline_encode:  # a baseline tree that has the null sink's `encode` key: both settings
+            variants[:0] = [("baseline", base_script, False), ("baseline encode", base_script, True)]
+        else:
+            variants.insert(0, ("baseline", base_script, None))
     work = Path(tempfile.mkdtemp(prefix="shipper-delivery-bench-"))
     results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in variants}
     try:
@@ -258,10 +262,14 @@ def part_encoding(a: argparse.Namespace, out: list[str]) -> None:
     labels = [label for label, _, _ in variants]
     out.append(f"\nencoding: whole daemon, {records:,} records = {entries:,} json-file entries, {a.containers} "
                f"containers, memory buffer, null sink, variants interleaved, median (min-max) of {a.runs} runs"
-               + (f"; baseline = {a.baseline} (null sink without the encode key)" if a.baseline else ""))
+               + (f"; baseline = {a.baseline}" + ("" if a.baseline_encode else " (null sink without the encode key)")
+                  if a.baseline else ""))
     ratios = [("true / false", "encode = true", "encode = false")]
     if a.baseline:
         ratios += [("false / base", "encode = false", "baseline"), ("true / base", "encode = true", "baseline")]
+    if a.baseline and a.baseline_encode:
+        ratios += [("base t / f", "baseline encode", "baseline"),
+                   ("true / base t", "encode = true", "baseline encode")]
     head = ("| " + " | ".join([f"{'figure':<26}", *(f"{lb:>31}" for lb in labels), *(f"{n:>12}" for n, _, _ in ratios)])
             + " |")
     out.append(head)
@@ -302,6 +310,8 @@ def main() -> None:
     g.add_argument("--baseline", metavar="TREE", help="another source tree (e.g. `git archive REV | tar -x -C "
                    "TREE`) whose benchmarks/pipeline_bench.py runs as a third variant, null sink as configured "
                    "there (no encode key): the figure before a change, in the same session")
+    g.add_argument("--baseline-encode", action="store_true", help="run the baseline tree with `encode = false` "
+                   "and `encode = true` too (a tree that has the null sink's encode key)")
     a = ap.parse_args()
     encoding: list[str] = []
     roundtrip: list[str] = []

@@ -114,10 +114,42 @@ class Batch:
         return len(self.events)
 
 
+# event.id = "<16 hex digits naming the container and stream>-<timestamp as Docker wrote it>-<seq>".
+# The hex part is a blake2b of "<container id>|<stream>", worked out once per container and stream (not per
+# event: a hash per event cost 0.6 us, most of the ECS encoder's time); the rest is the event's position in
+# its stream, so a re-read of the same log bytes gives the same id, and the id is unique as long as
+# (stream, timestamp, seq) is within a container. Nothing may parse it: its format is free to change.
+ID_PREFIX_CHARS = 16
+_prefixes: dict[tuple[str, str], str] = {}
+
+
+def stream_prefix(container_id: str, stream: str) -> str:
+    """The first ID_PREFIX_CHARS characters of every `event.id` of one container's stream (cached)."""
+    key = (container_id, stream)
+    p = _prefixes.get(key)
+    if p is None:
+        if len(_prefixes) > 4096:  # containers come and go: the cache stays small
+            _prefixes.clear()
+        p = _prefixes[key] = hashlib.blake2b(f"{container_id}|{stream}".encode(), digest_size=8).hexdigest()
+    return p
+
+
 def event_id(container_id: str, ev: Event) -> str:
-    """A stable id from the container and the event's position in its log: a re-read gives the same id."""
-    key = f"{container_id}|{ev.stream}|{ev.timestamp}|{ev.seq}".encode()
-    return hashlib.blake2b(key, digest_size=12).hexdigest()
+    """A stable id from the container and the event's position in its log: a re-read gives the same id.
+    See `event_ids` for a whole batch, which is cheaper."""
+    return f"{stream_prefix(container_id, ev.stream)}-{ev.timestamp}-{ev.seq}"
+
+
+def event_ids(container_id: str, events: list[Event]) -> list[str]:
+    """`event_id` of each of `events` (one container's), the container's part worked out once per batch."""
+    out = stream_prefix(container_id, "stdout")
+    err = stream_prefix(container_id, "stderr")
+    ids = []
+    for ev in events:
+        s = ev.stream
+        p = out if s == "stdout" else err if s == "stderr" else stream_prefix(container_id, s)
+        ids.append(f"{p}-{ev.timestamp}-{ev.seq}")
+    return ids
 
 
 def flag_names(flags: int) -> list[str]:

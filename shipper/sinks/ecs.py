@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from shipper.event import FLAG_LISTS, Batch, ContainerMeta, Event, event_id, flag_names
+from shipper.event import FLAG_LISTS, Batch, ContainerMeta, Event, event_id, event_ids, flag_names
 
 
 def to_ecs(meta: ContainerMeta, ev: Event) -> dict[str, Any]:
@@ -51,11 +51,11 @@ class JsonLinesEncoder:
         tail = self._tail_of(meta)
         dumps = orjson.dumps
         flag_lists = FLAG_LISTS
-        cid = meta.id
+        events = batch.events
         out = []
-        for ev in batch.events:
+        for ev, eid in zip(events, event_ids(meta.id, events), strict=True):  # ids: one hash per batch
             head = {"@timestamp": ev.timestamp, "message": ev.message, "stream": ev.stream,
-                    "event": {"id": event_id(cid, ev)}}
+                    "event": {"id": eid}}
             if ev.fields is not None:
                 head["json"] = ev.fields
             if ev.flags:

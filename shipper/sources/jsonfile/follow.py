@@ -277,13 +277,18 @@ class JsonFileSource(_Parser, LogSource):
         self._skip = 0
 
     async def _open_start(self) -> bool:
-        """Open the files and pick where to start; False if the container went away before its log existed."""
+        """Open the files and pick where to start; False if the container went away before its log was opened."""
         delay = _MIN_IDLE
         while True:
             chain = open_chain(self.path)
             if chain:
                 break
-            if self._removed or self._closing:
+            if self._closing:
+                return False
+            if self._removed:  # its log went with it (`--rm`) before this reader got to open it
+                events.container_unreadable(self.ctx.metrics, self._label, "gone_before_read",
+                                            "removed before its json-file log could be opened (a container "
+                                            "run with --rm on a busy host): what it logged is lost")
                 return False
             await self._idle(delay)
             delay = min(delay * 2, self._poll_max)

@@ -978,3 +978,12 @@ def test_max_size_is_read_as_dockerd_reads_it(dlog: DockerLog) -> None:
     assert log_limits(str(dlog.path)) == (0, 0)  # no hostconfig.json
     dlog.limits(3, "64k")
     assert log_limits(str(dlog.path)) == (3, 64_000)
+
+
+async def test_a_container_removed_before_its_log_was_opened_is_counted(dlog: DockerLog) -> None:
+    """`--rm` deletes the log as the container exits: when the start event is handled after that (a busy host),
+    the reader finds no file. Whatever it logged is gone: counted and said, never silently."""
+    r = Reader(dlog).start()  # dlog's folder holds no log: the container went with it
+    await r.finish()
+    assert r.messages == []
+    assert r.metrics.get("shipper_containers_unreadable_total", reason="gone_before_read") == 1

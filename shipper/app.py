@@ -129,6 +129,7 @@ class App:
         self.reload_config: Callable[[], Config] | None = None  # set by `shipper run`: reads the config again
         self.sink_tasks: dict[str, asyncio.Task[None]] = {}  # sink name -> the task running its runner
         self._reloading: asyncio.Task[bool] | None = None
+        self.reload_refusal = ""  # why the last reload was refused ("" when it was applied)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

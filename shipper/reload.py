@@ -64,14 +64,17 @@ def restart_sections(old: Config, new: Config) -> list[str]:
 async def reload(app: App, load: Callable[[], Config]) -> bool:
     """Apply a new config's sinks to the running app; False (the old config kept) when it is refused. Never
     raises: a reload must not stop the daemon it runs in."""
+    app.reload_refusal = ""
     try:
         new = await asyncio.to_thread(load)
     except ConfigError as e:
+        app.reload_refusal = str(e)
         tel.config_reload_refused(app.metrics, e)
         return False
     except Exception as e:  # a file that vanished mid-read, a bug: refused the same way, with its traceback
         log.exception("reload failed before anything was applied")
-        tel.config_reload_refused(app.metrics, ConfigError("", f"{type(e).__name__}: {e}"))
+        app.reload_refusal = f"{type(e).__name__}: {e}"
+        tel.config_reload_refused(app.metrics, ConfigError("", app.reload_refusal))
         return False
     old = app.config
     changes = sink_changes(old, new)
@@ -83,7 +86,8 @@ async def reload(app: App, load: Callable[[], Config]) -> bool:
             app.start_sink(name, new.sinks[name])
         tel.config_reloaded(app.metrics, changes.added, changes.removed, changes.changed,
                             len(new.sinks) - len(changes.added) - len(changes.changed), restart_sections(old, new))
-    except Exception:  # checked like `shipper check` before: a bug; the sinks started so far keep running
+    except Exception as e:  # checked like `shipper check` before: a bug; the sinks started so far keep running
         log.exception("reload failed while applying the sinks: %s", changes)
+        app.reload_refusal = f"applying the sinks failed: {type(e).__name__}: {e}"
         return False
     return True

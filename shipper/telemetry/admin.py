@@ -126,8 +126,9 @@ class AdminServer:
         applied = await asyncio.shield(task)  # a client that goes away must not cancel the reload
         if applied:
             return _json({"reloaded": True})
-        return _json({"reloaded": False, "reason": "the new config was refused and the running one kept; "
-                                                   "shipper's log says why"}, 422)
+        reason = self.status.app.reload_refusal or "see shipper's log"
+        return _json({"reloaded": False, "reason": f"the new config was refused and the running one kept: {reason}"},
+                     422)
 
     async def _page(self, request: web.Request) -> web.Response:
         return web.Response(text=render_page(self.status.snapshot(), self.host_name), content_type="text/html",

@@ -144,6 +144,8 @@ def test_through_the_admin_server_applied_then_refused_with_the_reason(tmp_path:
     r = d.reload(body + "[sinks.third]\ntype = \"file\"\nno_such_key = 1\n")
     assert r.returncode == 1, r.stderr
     assert "the daemon refused (HTTP 422" in r.stderr and "sinks.third.no_such_key" in r.stderr
+    answer = next(line for line in r.stderr.splitlines() if "HTTP 422" in line)
+    assert "sinks.third.no_such_key" in answer, "the daemon's own answer names the key"
     assert "reload refused" in d.text()
     assert d.proc is not None and d.proc.poll() is None
     assert d.stop() == 0

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from shipper.event import FLAG_LISTS, Batch, ContainerMeta, Event, Flag, event_id
+from shipper.sinks.fields import LABEL_PREFIX, template_field
 from shipper.timefmt import NS_PER_SEC, parse_ns
 
 NS_PER_MS = NS_PER_SEC // 1000
@@ -64,7 +65,7 @@ class Template:
         for m in _PLACEHOLDER.finditer(text):
             self._literal(text[pos:m.start()])
             name = m.group(1)
-            if name not in TEMPLATE_FIELDS and not name.startswith("label."):
+            if name not in TEMPLATE_FIELDS and not name.startswith(LABEL_PREFIX):
                 raise ValueError(f"unknown field {{{name}}} (known: {', '.join(TEMPLATE_FIELDS)}, label.NAME)")
             self.parts.append((name,))
             pos = m.end()
@@ -84,29 +85,11 @@ class Template:
             if isinstance(part, str):
                 out.append(part)
                 continue
-            value = field_value(meta, host, stream, part[0])
+            value = template_field(meta, host, stream, part[0])
             if not value:
                 return None
             out.append(value)
         return "".join(out)
-
-
-def field_value(meta: ContainerMeta, host: str, stream: str, name: str) -> str:
-    if name == "container.id":
-        return meta.id
-    if name == "container.name":
-        return meta.name.lstrip("/")
-    if name == "container.image":
-        return meta.image
-    if name == "compose.project":
-        return meta.compose_project or ""
-    if name == "compose.service":
-        return meta.compose_service or ""
-    if name == "host.name":
-        return meta.host or host
-    if name == "stream":
-        return stream
-    return meta.labels.get(name[len("label."):], "")
 
 
 def topic_name(text: str) -> str:

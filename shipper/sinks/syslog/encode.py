@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shipper.event import Batch, ContainerMeta, Event
+from shipper.sinks.fields import template_field
 from shipper.timefmt import NS_PER_SEC, parse_ns
 
 NILVALUE = "-"
@@ -188,25 +189,9 @@ class Template:
                 out.append(part)
                 continue
             name, width = part
-            value = _field(meta, host, stream, name)
+            value = template_field(meta, host, stream, name)
             out.append(value[:width] if width else value)
         return "".join(out)
-
-
-def _field(meta: ContainerMeta, host: str, stream: str, name: str) -> str:
-    if name == "container.name":
-        return meta.name.lstrip("/")
-    if name == "container.id":
-        return meta.id
-    if name == "container.image":
-        return meta.image
-    if name == "compose.project":
-        return meta.compose_project or ""
-    if name == "compose.service":
-        return meta.compose_service or ""
-    if name == "host.name":
-        return host
-    return stream
 
 
 # --- header fields ----------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ so any module may declare a config without importing the sections (`shipper.conf
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import math
@@ -28,7 +29,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import field
 from typing import Any, TypeVar
 
@@ -300,6 +301,28 @@ def parse_size(text: str) -> int:
     if not size < 2**63:
         raise ValueError(f"size too large: {text[:40]!r}")
     return int(size)
+
+
+# --- checks a component's validate() shares ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def naming(key: str) -> Iterator[None]:
+    """A ValueError raised inside becomes a ConfigError naming `key`: parsers say what is wrong, not where."""
+    try:
+        yield
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
+
+
+def parse_each(key: str, texts: Sequence[str], parse: Callable[[str], T]) -> list[T]:
+    """`parse` of each item of the list at `key`; a ValueError becomes a ConfigError naming the key when the list
+    has one item, else the item (`key[i]`)."""
+    out = []
+    for i, text in enumerate(texts):
+        with naming(key if len(texts) == 1 else f"{key}[{i}]"):
+            out.append(parse(text))
+    return out
 
 
 # --- environment variables and --set ----------------------------------------------------------------------

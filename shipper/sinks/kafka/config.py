@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from shipper.errors import ConfigError
-from shipper.schema import doc
+from shipper.schema import doc, naming
 from shipper.sinks.base import SinkBase
 from shipper.sinks.kafka.encode import (
     MIN_MESSAGE_BYTES,
@@ -107,19 +107,13 @@ class KafkaConfig(SinkBase):
             if m is None or not 0 < int(m.group(2)) < 65536:
                 raise ConfigError(f"{key}.brokers[{i}]", f"{b!r} is not host:port")
         for name in ("topic", "key"):
-            try:
+            with naming(f"{key}.{name}"):
                 Template(getattr(self, name))
-            except ValueError as e:
-                raise ConfigError(f"{key}.{name}", str(e)) from None
         if Template(self.topic).constant:
-            try:
+            with naming(f"{key}.topic"):
                 check_topic(self.topic)
-            except ValueError as e:
-                raise ConfigError(f"{key}.topic", str(e)) from None
-        try:
+        with naming(f"{key}.default_topic"):
             check_topic(self.default_topic)
-        except ValueError as e:
-            raise ConfigError(f"{key}.default_topic", str(e)) from None
         if not MIN_MESSAGE_BYTES <= self.max_message_bytes <= self.producer_batch_bytes:
             raise ConfigError(f"{key}.max_message_bytes",
                               f"must be between {MIN_MESSAGE_BYTES} and producer_batch_bytes "

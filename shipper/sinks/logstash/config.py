@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from shipper.errors import ConfigError
-from shipper.schema import doc
+from shipper.schema import doc, parse_each
 from shipper.sinks.base import SinkBase
 from shipper.tls import TLS_VERSIONS, TlsClientConfig
 
@@ -117,12 +117,7 @@ class LogstashConfig(SinkBase):
         super().validate(key)
         if not self.hosts:
             raise ConfigError(f"{key}.hosts", "needs at least one host")
-        for i, _ in enumerate(self.hosts):
-            try:
-                self.host_list(i)
-            except ValueError as e:
-                sub = f"{key}.hosts" if len(self.hosts) == 1 else f"{key}.hosts[{i}]"
-                raise ConfigError(sub, str(e)) from None
+        parse_each(f"{key}.hosts", self.hosts, self._parse_host)
         if not 0 <= self.compression_level <= 9:
             raise ConfigError(f"{key}.compression_level", "must be between 0 and 9")
         if not 1 <= self.window_max_events <= MAX_WINDOW_EVENTS:
@@ -163,7 +158,10 @@ class LogstashConfig(SinkBase):
 
     def host_list(self, only: int | None = None) -> list[Host]:
         texts = self.hosts if only is None else [self.hosts[only]]
-        return [parse_host(t.strip(), self.protocol, self.tls, self.path) for t in texts]
+        return [self._parse_host(t) for t in texts]
+
+    def _parse_host(self, text: str) -> Host:
+        return parse_host(text.strip(), self.protocol, self.tls, self.path)
 
     def tls_config(self) -> TlsClientConfig:
         assert self.tls_min_version.value in TLS_VERSIONS

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from shipper.errors import ConfigError, RetryableSinkError
 from shipper.event import Batch
-from shipper.schema import doc
+from shipper.schema import doc, naming, parse_each
 from shipper.sinks.base import Partial, Request, Sink, SinkBase, SinkContext, pick
 from shipper.sinks.syslog.encode import (
     MIN_MESSAGE_BYTES,
@@ -113,22 +113,12 @@ class SyslogConfig(SinkBase):
         super().validate(key)
         if not self.address:
             raise ConfigError(f"{key}.address", "needs at least one address")
-        addresses = []
-        for i, text in enumerate(self.address):
-            try:
-                addresses.append(parse_address(text))
-            except ValueError as e:
-                sub = f"{key}.address" if len(self.address) == 1 else f"{key}.address[{i}]"
-                raise ConfigError(sub, str(e)) from None
+        addresses = parse_each(f"{key}.address", self.address, parse_address)
         for name in ("app_name", "procid", "msgid"):
-            try:
+            with naming(f"{key}.{name}"):
                 Template(getattr(self, name))
-            except ValueError as e:
-                raise ConfigError(f"{key}.{name}", str(e)) from None
-        try:
+        with naming(f"{key}.sd_id"):
             check_sd_id(self.sd_id)
-        except ValueError as e:
-            raise ConfigError(f"{key}.sd_id", str(e)) from None
         limit = self.max_message_bytes
         if limit and not MIN_MESSAGE_BYTES <= limit <= MAX_MESSAGE_BYTES_CAP:
             raise ConfigError(f"{key}.max_message_bytes", f"must be 0 (per transport) or between "

@@ -263,7 +263,11 @@ def main() -> None:
         subprocess.run([sys.executable, a.generator, str(a.root), "--records", str(a.records),
                         "--containers", str(a.containers)], check=True)
     if a.decode:
-        decode_table(load_tree(a.root), a.runs)
+        raw = load_tree(a.root)
+        from shipper.app import tune_gc
+
+        tune_gc()
+        decode_table(raw, a.runs)
         return
     if a.digest:
         sha, n_entries, n_events, invalid = digest(a.root)
@@ -272,6 +276,9 @@ def main() -> None:
 
     raw_tree = load_tree(a.root)
     tree = [(cid, parse(raw)) for cid, raw in raw_tree]
+    from shipper.app import tune_gc
+
+    tune_gc()  # as the daemon does: else the collector walks the whole loaded tree thousands of times
     total = sum(len(e) for _, e in tree)
     print(f"{len(tree)} containers, {total} json-file entries, {a.runs} runs, take() every {a.batch} "
           f"entries, Python {sys.version.split()[0]}")

@@ -7,92 +7,32 @@ Docker is not needed: discovery = "files" reads a data root written by the test 
 
 from __future__ import annotations
 
-import os
 import signal
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
 from shipper.pidfile import PID_FILE, is_shipper_run
-from tests.unit.test_cli_run import LINES, append_lines, messages, write_container
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.daemon import LINES, ROOT, Daemon, append_lines, clean_env, free_port, messages
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("SHIPPER_", "DOCKER_"))}
-
-
-class Daemon:
-    """`shipper run` on a data root of one container, one file sink `out`, [admin] as the test says."""
+class AdminDaemon(Daemon):
+    """`shipper run` with the [admin] table the test gives; started, it has delivered every line and written
+    its pid file."""
 
     def __init__(self, tmp: Path, admin: str) -> None:
-        self.tmp = tmp
-        self.state = tmp / "state"
-        self.out = tmp / "out.jsonl"
-        self.data_root = tmp / "docker"
-        write_container(self.data_root)
-        self.config = tmp / "shipper.toml"
-        self.base = f"""
-[docker]
-discovery = "files"
-data_root = "{self.data_root}"
-scan_interval_secs = 0.1
-poll_interval_secs = 0.05
-[state]
-dir = "{self.state}"
-flush_interval_secs = 0.1
-[telemetry]
-stats_interval_secs = 0
-docker_ping_interval_secs = 0
-[admin]
-{admin}
-[sinks.out]
-type = "file"
-path = "{self.out}"
-"""
-        self.config.write_text(self.base)
-        self.log = tmp / "shipper.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(tmp, out="out.jsonl", admin=admin)
 
-    def start(self, stdin_config: bool = False) -> Daemon:
-        args = ["--config", "-"] if stdin_config else ["--config", str(self.config)]
-        with self.log.open("ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "shipper", "run", *args], stdout=logf,
-                                         stderr=subprocess.STDOUT, cwd=self.tmp, env=clean_env(),
-                                         stdin=subprocess.PIPE if stdin_config else None)
-        if stdin_config:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(self.base.encode())
-            self.proc.stdin.close()
+    def start(self, *, stdin_config: bool = False, umask: int | None = None) -> Self:
+        super().start(stdin_config=stdin_config, umask=umask)
         self.wait_for(lambda: len(messages(self.out)) == LINES and (self.state / PID_FILE).exists(),
                       "every line delivered and the pid file written")
         return self
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return
-            assert self.proc is not None and self.proc.poll() is None, f"shipper exited: {self.text()}"
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}: {self.text()}")
 
     def reload(self, body: str = "", *extra: str) -> subprocess.CompletedProcess[str]:
         """Write the base config plus `body`, then `shipper reload --config` it."""
@@ -105,19 +45,6 @@ path = "{self.out}"
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    made: list[Daemon] = []
-    yield made
-    for d in made:
-        d.kill()
-
 
 def second_sink(tmp: Path) -> tuple[Path, str]:
     path = tmp / "second.jsonl"
@@ -129,7 +56,7 @@ def test_through_the_admin_server_applied_then_refused_with_the_reason(tmp_path:
     """200 -> exit 0 and the new sink delivers; a bad config -> exit 1 with the daemon's answer and the key at
     fault (read here), the daemon running on with the sinks it had; the pid file is 0600 and goes at stop."""
     port = free_port()
-    d = Daemon(tmp_path, f'address = "127.0.0.1:{port}"')
+    d = AdminDaemon(tmp_path, f'address = "127.0.0.1:{port}"')
     daemons.append(d.start())
     pid_file = d.state / PID_FILE
     assert d.proc is not None and pid_file.read_text().strip() == str(d.proc.pid)
@@ -159,7 +86,7 @@ def test_a_wrong_token_is_exit_2_and_the_right_one_reloads(tmp_path: Path, daemo
     token.write_text("s3cret\n")
     token.chmod(0o600)
     port = free_port()
-    d = Daemon(tmp_path, f'address = "127.0.0.1:{port}"\ntoken_file = "{token}"')
+    d = AdminDaemon(tmp_path, f'address = "127.0.0.1:{port}"\ntoken_file = "{token}"')
     daemons.append(d.start())
     token.write_text("wrong\n")
     r = d.reload()
@@ -173,7 +100,7 @@ def test_a_wrong_token_is_exit_2_and_the_right_one_reloads(tmp_path: Path, daemo
 
 def test_a_config_from_standard_input_cannot_be_reloaded(tmp_path: Path, daemons: list[Daemon]) -> None:
     """The daemon answers 409 (no reload could start): exit 1 with its reason."""
-    d = Daemon(tmp_path, f'address = "127.0.0.1:{free_port()}"')
+    d = AdminDaemon(tmp_path, f'address = "127.0.0.1:{free_port()}"')
     daemons.append(d.start(stdin_config=True))
     r = d.reload()
     assert r.returncode == 1, r.stderr
@@ -183,7 +110,7 @@ def test_a_config_from_standard_input_cannot_be_reloaded(tmp_path: Path, daemons
 def test_admin_server_off_reloads_by_sighup(tmp_path: Path, daemons: list[Daemon]) -> None:
     """No admin server: the pid file names the daemon, SIGHUP applies the new sink, and the command says that
     is the way it went; a config that does not load is not sent (exit 1, the daemon untouched)."""
-    d = Daemon(tmp_path, 'address = ""')
+    d = AdminDaemon(tmp_path, 'address = ""')
     daemons.append(d.start())
     second, body = second_sink(tmp_path)
     r = d.reload(body)
@@ -203,7 +130,7 @@ def test_admin_server_off_reloads_by_sighup(tmp_path: Path, daemons: list[Daemon
 def test_not_running_without_the_admin_server(tmp_path: Path) -> None:
     """No pid file: exit 3. A stale pid file naming another program: exit 3, and that program is not
     signalled (SIGHUP would end it)."""
-    d = Daemon(tmp_path, 'address = ""')
+    d = AdminDaemon(tmp_path, 'address = ""')
     r = d.reload()
     assert r.returncode == 3 and "no pid file" in r.stderr, r.stderr
     other = subprocess.Popen(["sleep", "60"])
@@ -223,7 +150,7 @@ def test_not_running_without_the_admin_server(tmp_path: Path) -> None:
 
 
 def test_nobody_at_the_admin_address_and_an_unreadable_config(tmp_path: Path) -> None:
-    d = Daemon(tmp_path, f'address = "127.0.0.1:{free_port()}"')
+    d = AdminDaemon(tmp_path, f'address = "127.0.0.1:{free_port()}"')
     r = d.reload()
     assert r.returncode == 3 and "not running" in r.stderr, r.stderr
     d.config.write_text("[admin\n")
@@ -247,7 +174,7 @@ def test_only_a_shipper_run_command_line_is_taken_for_the_daemon(cmdline: list[s
 def test_a_reload_while_stopping_is_refused_and_the_stop_completes(tmp_path: Path, daemons: list[Daemon]) -> None:
     """During the shutdown drain (held here by a sink that cannot deliver) a reload is refused (409): a sink
     started then would outlive the runners shutdown cancels, and the daemon would never exit."""
-    d = Daemon(tmp_path, f'address = "127.0.0.1:{free_port()}"')
+    d = AdminDaemon(tmp_path, f'address = "127.0.0.1:{free_port()}"')
     d.base += (f'[sinks.down]\ntype = "syslog"\naddress = "tcp://127.0.0.1:{free_port()}"\nhealthcheck = false\n'
                '[buffer]\nshutdown_drain_secs = 60\n')
     d.config.write_text(d.base)
@@ -274,7 +201,7 @@ def test_over_tls_the_daemons_own_certificate_is_the_only_one_trusted(tmp_path: 
     require("openssl", have_openssl())
     certs, other = make_certs(tmp_path / "certs"), make_certs(tmp_path / "other")
     port = free_port()
-    d = Daemon(tmp_path, f'address = "127.0.0.1:{port}"\ntls_cert = "{certs.server_cert}"\n'
+    d = AdminDaemon(tmp_path, f'address = "127.0.0.1:{port}"\ntls_cert = "{certs.server_cert}"\n'
                          f'tls_key = "{certs.server_key}"')
     daemons.append(d.start())
     r = d.reload()

@@ -1,115 +1,28 @@
 """`shipper run` as a process: the files it writes are owner-only whatever the umask; a second SIGTERM stops at
 once with offsets saved; SIGHUP no longer kills it.
 
-Docker is not needed: discovery = "files" reads a data root laid out as dockerd lays it out (config.v2.json,
-hostconfig.json and a json-file log per container), written by the test.
+Docker is not needed: discovery = "files" reads a data root written by the test (tests/unit/daemon.py).
 """
 
 from __future__ import annotations
 
 import grp
-import json
 import os
 import signal
-import socket
 import stat
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CID = "c0ffee" + "0" * 58
-LINES = 50
+from tests.unit.daemon import CID, LINES, Daemon, append_lines, free_port, messages
 
 
-def write_container(data_root: Path, lines: int = LINES) -> None:
-    d = data_root / "containers" / CID
-    d.mkdir(parents=True)
-    log = d / f"{CID}-json.log"
-    (d / "config.v2.json").write_text(json.dumps({
-        "ID": CID, "Name": "/app", "Created": "2026-11-30T00:00:00.000000000Z", "LogPath": str(log),
-        "Config": {"Image": "app:1", "Labels": {}, "Env": [], "Tty": False}, "State": {"Running": True}}))
-    (d / "hostconfig.json").write_text(json.dumps({"LogConfig": {"Type": "json-file", "Config": {}}}))
-    with log.open("w") as f:
-        for n in range(lines):
-            f.write(json.dumps({"log": f"line {n}\n", "stream": "stdout",
-                                "time": f"2026-11-30T00:00:{n % 60:02d}.000000000Z"}) + "\n")
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
-
-
-class Daemon:
-    def __init__(self, tmp: Path, body: str) -> None:
-        self.tmp = tmp
-        self.state = tmp / "state"
-        self.out = tmp / "out" / "events.jsonl"
-        self.data_root = tmp / "docker"
-        write_container(self.data_root)
-        self.config = tmp / "shipper.toml"
-        self.config.write_text(f"""
-[docker]
-discovery = "files"
-data_root = "{self.data_root}"
-scan_interval_secs = 0.1
-poll_interval_secs = 0.05
-[state]
-dir = "{self.state}"
-flush_interval_secs = 0.1
-[telemetry]
-stats_interval_secs = 0
-[sinks.out]
-type = "file"
-path = "{self.out}"
-{body}
-""")
-        self.log = tmp / "shipper.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPPER_", "DOCKER_"))}
-        with self.log.open("ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "shipper", "run", "--config", str(self.config)],
-                                         stdout=logf, stderr=subprocess.STDOUT, cwd=self.tmp, env=env,
-                                         preexec_fn=lambda: os.umask(0o022))  # a umask that lets others read
-        return self
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return
-            assert self.proc is not None and self.proc.poll() is None, f"shipper exited: {self.text()}"
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}: {self.text()}")
-
-    def delivered(self) -> int:
-        return len(self.out.read_text().splitlines()) if self.out.exists() else 0
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    made: list[Daemon] = []
-    yield made
-    for d in made:
-        d.kill()
+class RunDaemon(Daemon):
+    def start(self, *, stdin_config: bool = False, umask: int | None = 0o022) -> Self:
+        """Under a umask that lets others read, so the modes tested are the daemon's own doing."""
+        return super().start(stdin_config=stdin_config, umask=umask)
 
 
 def some_group() -> grp.struct_group:
@@ -125,7 +38,7 @@ def test_files_it_writes_are_owner_only(tmp_path: Path, daemons: list[Daemon]) -
     (Docker keeps its own json-file logs 0640 root); a sink with mode = "0640" and a group gets exactly that."""
     g = some_group()
     shared = tmp_path / "shared" / "events.jsonl"
-    d = Daemon(tmp_path, f'[sinks.shared]\ntype = "file"\npath = "{shared}"\nmode = "0640"\ngroup = "{g.gr_name}"\n'
+    d = RunDaemon(tmp_path, f'[sinks.shared]\ntype = "file"\npath = "{shared}"\nmode = "0640"\ngroup = "{g.gr_name}"\n'
                          '[buffer]\ntype = "disk"')
     daemons.append(d.start())
     d.wait_for(lambda: d.delivered() == LINES and shared.exists() and (d.state / "offsets.json").exists(),
@@ -148,7 +61,7 @@ def test_files_it_writes_are_owner_only(tmp_path: Path, daemons: list[Daemon]) -
 
 def test_a_second_sigterm_stops_at_once_with_offsets_saved(tmp_path: Path, daemons: list[Daemon]) -> None:
     """A sink that cannot deliver holds the drain for shutdown_drain_secs (60 here); the second signal ends it."""
-    d = Daemon(tmp_path, f'[sinks.down]\ntype = "syslog"\naddress = "tcp://127.0.0.1:{closed_port()}"\n'
+    d = RunDaemon(tmp_path, f'[sinks.down]\ntype = "syslog"\naddress = "tcp://127.0.0.1:{free_port()}"\n'
                          'healthcheck = false\n[buffer]\ntype = "disk"\nshutdown_drain_secs = 60')
     daemons.append(d.start())
     d.wait_for(lambda: d.delivered() == LINES and CID in (d.state / "offsets.json").read_text()
@@ -168,21 +81,10 @@ def test_a_second_sigterm_stops_at_once_with_offsets_saved(tmp_path: Path, daemo
     assert "Traceback" not in text
 
 
-def append_lines(data_root: Path, first: int, n: int) -> None:
-    with (data_root / "containers" / CID / f"{CID}-json.log").open("a") as f:
-        for k in range(first, first + n):
-            f.write(json.dumps({"log": f"line {k}\n", "stream": "stdout",
-                                "time": f"2026-11-30T00:01:{k % 60:02d}.000000000Z"}) + "\n")
-
-
-def messages(path: Path) -> list[str]:
-    return [json.loads(line)["message"] for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def test_sighup_reloads_the_sinks_and_never_kills_it(tmp_path: Path, daemons: list[Daemon]) -> None:
     """SIGHUP applies added, changed and removed sinks; a bad config is refused and the old one kept; a change
     that takes a restart (the buffer's type) is said; the daemon never stops (it used to exit 129)."""
-    d = Daemon(tmp_path, "")
+    d = RunDaemon(tmp_path, "")
     base = d.config.read_text()
     daemons.append(d.start())
     d.wait_for(lambda: d.delivered() == LINES, "every line delivered")

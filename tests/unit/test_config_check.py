@@ -18,15 +18,13 @@ import pytest
 
 from tests.conftest import require
 from tests.tlsutil import have_openssl, make_certs
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.daemon import ROOT, clean_env, free_port
 
 
 def shipper(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SHIPPER_", "DOCKER_"))}
     return subprocess.run([sys.executable, "-m", "shipper", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=base | (env or {}), input=stdin, timeout=timeout)
+                          env=clean_env() | (env or {}), input=stdin, timeout=timeout)
 
 
 @pytest.fixture
@@ -171,19 +169,11 @@ def listener() -> Iterator[int]:
     s.close()
 
 
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
-
-
 def test_check_connect_reports_each_target(cfg: tuple[Path, Path], listener: int) -> None:
     path, state = cfg
     data_root = path.parent / "docker"
     (data_root / "containers").mkdir(parents=True)
-    dead = closed_port()
+    dead = free_port()
     write(path, state, f'[docker]\ndiscovery = "files"\ndata_root = "{data_root}"\n'
                        f'[sinks.up]\ntype = "syslog"\naddress = "tcp://127.0.0.1:{listener}"\n'
                        f'[sinks.down]\ntype = "syslog"\naddress = "tcp://127.0.0.1:{dead}"\nconnect_timeout_secs = 2.0')

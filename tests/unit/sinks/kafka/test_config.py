@@ -7,24 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from shipper.config import explain, load_dict
-from shipper.errors import ConfigError
-from shipper.schema import describe
+from shipper.config import explain
 from shipper.sinks.kafka.config import Acks, Compression, KafkaConfig, Partitioner, SaslMechanism
 from shipper.sinks.kafka.encode import Oversize, ValueFormat
 from shipper.sinks.kafka.sink import KafkaSink
+from tests.unit.sinks.support import SinkTable, assert_documented
 
-
-def load(**table: object) -> KafkaConfig:
-    cfg = load_dict({"sinks": {"bus": {"type": "kafka", **table}}}).sinks["bus"]
-    assert isinstance(cfg, KafkaConfig)
-    return cfg
-
-
-def error(**table: object) -> ConfigError:
-    with pytest.raises(ConfigError) as info:
-        load(**table)
-    return info.value
+TABLE = SinkTable(KafkaConfig, "kafka", "bus")
+load, error = TABLE.load, TABLE.error
 
 
 def test_defaults() -> None:
@@ -39,7 +29,7 @@ def test_defaults() -> None:
 
 
 def test_every_field_is_documented() -> None:
-    assert all(text for _, _, text in describe(KafkaConfig))
+    assert_documented(KafkaConfig)
 
 
 @pytest.mark.parametrize(("table", "key", "words"), [

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from shipper.config import load_dict
 from shipper.errors import ConfigError
-from shipper.schema import describe
 from shipper.sinks.logstash.config import Host, LogstashConfig, Protocol
+from tests.unit.sinks.support import SinkTable, assert_documented
 
-
-def load(**table: object) -> LogstashConfig:
-    cfg = load_dict({"sinks": {"ls": {"type": "logstash", **table}}}).sinks["ls"]
-    assert isinstance(cfg, LogstashConfig)
-    return cfg
-
-
-def error(**table: object) -> ConfigError:
-    with pytest.raises(ConfigError) as info:
-        load(**table)
-    return info.value
+TABLE = SinkTable(LogstashConfig, "logstash", "ls")
+load, error = TABLE.load, TABLE.error
 
 
 def test_defaults() -> None:
@@ -33,9 +22,7 @@ def test_defaults() -> None:
 
 
 def test_every_field_is_documented() -> None:
-    rows = describe(LogstashConfig)
-    assert {r[0] for r in rows} >= {f.name for f in dataclasses.fields(LogstashConfig)}
-    assert all(doc for _, _, doc in rows)
+    assert_documented(LogstashConfig)
 
 
 @pytest.mark.parametrize(("protocol", "text", "tls", "want"), [

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from shipper.config import load_dict
-from shipper.errors import ConfigError
-from shipper.schema import describe
 from shipper.sinks.syslog.encode import Facility, Format, Framing, Severity
 from shipper.sinks.syslog.sink import SyslogConfig, TlsVersion
 from shipper.sinks.syslog.transport import Address, parse_address
+from tests.unit.sinks.support import SinkTable, assert_documented
 
-
-def load(**table: object) -> SyslogConfig:
-    cfg = load_dict({"sinks": {"central": {"type": "syslog", **table}}}).sinks["central"]
-    assert isinstance(cfg, SyslogConfig)
-    return cfg
-
-
-def error(**table: object) -> ConfigError:
-    with pytest.raises(ConfigError) as info:
-        load(**table)
-    return info.value
+TABLE = SinkTable(SyslogConfig, "syslog", "central")
+load, error = TABLE.load, TABLE.error
 
 
 def test_defaults() -> None:
@@ -37,9 +24,7 @@ def test_defaults() -> None:
 
 
 def test_every_field_is_documented() -> None:
-    rows = describe(SyslogConfig)
-    assert {r[0] for r in rows} >= {f.name for f in dataclasses.fields(SyslogConfig)}
-    assert all(doc for _, _, doc in rows)
+    assert_documented(SyslogConfig)
 
 
 def test_enums_are_parsed_at_load() -> None:

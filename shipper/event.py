@@ -115,10 +115,11 @@ class Batch:
 
 
 # event.id = "<16 hex digits naming the container and stream>-<timestamp as Docker wrote it>-<seq>".
-# The hex part is a blake2b of "<container id>|<stream>", worked out once per container and stream (not per
-# event: a hash per event cost 0.6 us, most of the ECS encoder's time); the rest is the event's position in
-# its stream, so a re-read of the same log bytes gives the same id, and the id is unique as long as
-# (stream, timestamp, seq) is within a container. Nothing may parse it: its format is free to change.
+# The hex part is a blake2b of "<container id>|<stream>", worked out once per container and stream, not per
+# event (a hash per event cost about 0.5 us, 40% of the ECS encoder's time). The rest is the event's place in
+# its stream: a re-read of the same log bytes gives the same id (duplicates after a crash are recognisable),
+# and two events of a container share an id only if they share stream, timestamp and seq, which the
+# assembler never gives them. Nothing may parse it: its format is free to change.
 ID_PREFIX_CHARS = 16
 _prefixes: dict[tuple[str, str], str] = {}
 

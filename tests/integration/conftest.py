@@ -4,7 +4,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import require
 from tests.integration.harness import RUNNING
+from tests.integration.rsyslog import Rsyslog
+from tests.integration.rsyslog import available as rsyslog_available
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +19,12 @@ def _no_daemon_outlives_its_test() -> Iterator[None]:
         if s.proc is not None and s.proc.poll() is None:
             s.proc.kill()
             s.proc.wait()
+
+
+@pytest.fixture
+def rsyslog_tcp() -> Iterator[Rsyslog]:
+    """A real rsyslogd with one plain TCP input, not started: each test decides when it is up."""
+    require("rsyslogd", rsyslog_available(), "apt-get install rsyslog")
+    r = Rsyslog(inputs=("tcp",))
+    yield r
+    r.close()

@@ -4,27 +4,16 @@ fills meanwhile: reading pauses, said once in the log and in /status, and resume
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import require
 from tests.integration.admin_support import AdminShipper
 from tests.integration.rsyslog import Rsyslog
-from tests.integration.rsyslog import available as rsyslog_available
 
 pytestmark = [pytest.mark.docker, pytest.mark.rsyslog]
 SCRIPT = "i=0; while true; do echo \"tick $i\"; i=$((i+1)); usleep 50000; done"
-
-
-@pytest.fixture
-def rsyslog_tcp() -> Iterator[Rsyslog]:
-    require("rsyslogd", rsyslog_available(), "apt-get install rsyslog")
-    r = Rsyslog(inputs=("tcp",))
-    yield r
-    r.close()
 
 
 def test_health_follows_the_sink(tmp_path: Path, rsyslog_tcp: Rsyslog, run_container: Any) -> None:

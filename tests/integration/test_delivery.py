@@ -14,7 +14,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ import orjson
 import pytest
 
 from shipper.replay import parse_time
-from tests.conftest import require
 from tests.integration.delivery_support import (
     GAP_MARK,
     CrashAccount,
@@ -36,7 +35,6 @@ from tests.integration.delivery_support import (
     wait_until,
 )
 from tests.integration.rsyslog import Rsyslog
-from tests.integration.rsyslog import available as rsyslog_available
 
 pytestmark = pytest.mark.docker
 
@@ -200,15 +198,6 @@ def wait_stable(measure: Callable[[], int], quiet: float, timeout: float, d: Dae
 
 
 # --- a dead syslog receiver --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def rsyslog_tcp() -> Iterator[Rsyslog]:
-    """A real rsyslogd with one plain TCP input, not started: each test decides when it is up."""
-    require("rsyslogd", rsyslog_available(), "apt-get install rsyslog")
-    r = Rsyslog(inputs=("tcp",))
-    yield r
-    r.close()
 
 
 def syslog_sink(r: Rsyslog) -> str:

@@ -44,7 +44,6 @@ from tests.integration.delivery_support import (
     wait_until,
 )
 from tests.integration.rsyslog import Rsyslog
-from tests.integration.rsyslog import available as rsyslog_available
 
 RunContainer = Callable[..., Any]
 TMPFS_SIZE = "2m"
@@ -55,15 +54,6 @@ WRITE_ERRORS_RE = re.compile(r"stats containers=.* spool_write_errors=(\d+)")
 LINES = 40_000
 BURST, PAUSE = 200, 0.1
 TEXT = "full-disk " + "x" * 80
-
-
-@pytest.fixture
-def rsyslog_tcp() -> Iterator[Rsyslog]:
-    """A real rsyslogd with one plain TCP input, not started: the test starts it when space should return."""
-    require("rsyslogd", rsyslog_available(), "apt-get install rsyslog")
-    r = Rsyslog(inputs=("tcp",))
-    yield r
-    r.close()
 
 
 @pytest.fixture

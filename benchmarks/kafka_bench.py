@@ -16,10 +16,8 @@ a config this script writes (--keep shows where), then `python -m pstats /tmp/k.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from common import add_workload_args, run_daemon, workload  # noqa: E402
 from pipeline_bench import bench_config  # noqa: E402
 
 from tests.integration.kafka import Tansu  # noqa: E402
@@ -59,10 +58,7 @@ def broker_cpu(pid: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", type=int, default=1_000_000)
-    ap.add_argument("--containers", type=int, default=8)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--data", help="workload folder to reuse (written there if missing)")
+    add_workload_args(ap, timeout=900)
     ap.add_argument("--buffer", choices=["memory", "disk"], default="memory")
     ap.add_argument("--compression", default="zstd", choices=["none", "gzip", "snappy", "lz4", "zstd"])
     ap.add_argument("--partitioner", default="hash", choices=["hash", "round_robin"])
@@ -70,18 +66,12 @@ def main() -> None:
     ap.add_argument("--batch-max-events", type=int, default=4096)
     ap.add_argument("--buffer-max-events", type=int, default=0, help="memory buffer: most events held "
                                                                          "(0: the daemon's default)")
-    ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="keep the work folder (configs) and print it")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="shipper-kafka-bench-"))
-    data = Path(a.data) if a.data else work / "data"
-    if not (data / "manifest.json").exists():
-        subprocess.run([sys.executable, str(HERE / "workload.py"), str(data), "--records", str(a.records),
-                        "--containers", str(a.containers)], check=True)
-    manifest = json.loads((data / "manifest.json").read_text())
-    entries = sum(c["entries"] for c in manifest["containers"])
-    records = sum(c["records"] for c in manifest["containers"])
+    w = workload(a, work)
+    data, entries, records = w.data, w.entries, w.records
     results = []
     for run in range(a.runs):
         broker = Tansu().start()
@@ -92,10 +82,7 @@ def main() -> None:
             cfg = work / f"kafka-{run}.toml"
             cfg.write_text(kafka_config(data, state, broker.address, a.buffer, a.compression, a.partitioner,
                                         a.max_in_flight, a.batch_max_events, a.buffer_max_events))
-            out = subprocess.run([sys.executable, str(HERE / "pipeline_bench.py"), "--child", str(cfg),
-                                  str(entries), "--timeout", str(a.timeout)], capture_output=True, text=True,
-                                 check=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r: dict[str, Any] = run_daemon(cfg, entries, a.timeout)
             r["broker_cpu"] = broker_cpu(broker.proc.pid) - cpu0
             r["broker_rss_mib"] = int(Path(f"/proc/{broker.proc.pid}/status").read_text()
                                       .split("VmHWM:")[1].split()[0]) / 1024

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -36,7 +35,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from pipeline_bench import bench_config  # noqa: E402  (beside this script)
+from common import add_workload_args, run_daemon, workload  # noqa: E402  (beside this script)
+from pipeline_bench import bench_config  # noqa: E402
 
 NULL_SECTION = '[sinks.null]\ntype = "null"\n'
 
@@ -121,9 +121,7 @@ def one_run(kind: str, data: Path, work: Path, entries: int, timeout: float, kee
         cfg.write_text(base.replace(NULL_SECTION, sink_section(kind, port, extra)))
         if keep:
             print(f"config {kind}: {cfg}", file=sys.stderr)
-        out = subprocess.run([sys.executable, str(HERE / "pipeline_bench.py"), "--child", str(cfg), str(entries),
-                              "--timeout", str(timeout)], capture_output=True, text=True, check=True)
-        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+        return run_daemon(cfg, entries, timeout)
     finally:
         if proc is not None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -133,11 +131,7 @@ def one_run(kind: str, data: Path, work: Path, entries: int, timeout: float, kee
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", type=int, default=1_000_000)
-    ap.add_argument("--containers", type=int, default=8)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--data", help="workload folder to reuse (written there if missing)")
-    ap.add_argument("--timeout", type=float, default=600)
+    add_workload_args(ap, timeout=600)
     ap.add_argument("--kinds", default="null,null+encode,beats,json_lines")
     ap.add_argument("--keep", action="store_true", help="keep the configs and say where they are")
     ap.add_argument("--sink-keys", default="", help='more keys for the Logstash sinks, TOML: "max_in_flight = 1"')
@@ -156,12 +150,8 @@ def main() -> None:
 
 
 def run_all(a: argparse.Namespace, work: Path) -> None:
-    data = Path(a.data) if a.data else work / "data"
-    if not (data / "manifest.json").exists():
-        subprocess.run([sys.executable, str(HERE / "workload.py"), str(data), "--records", str(a.records),
-                        "--containers", str(a.containers)], check=True)
-    manifest = json.loads((data / "manifest.json").read_text())
-    entries = sum(c["entries"] for c in manifest["containers"])
+    w = workload(a, work)
+    data, entries = w.data, w.entries
     kinds = a.kinds.split(",")
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     for run in range(a.runs):

@@ -1,0 +1,49 @@
+"""What the end-to-end benchmarks share: their workload options, the reference workload written once
+(benchmarks/workload.py), and one run of the whole daemon on a config (pipeline_bench.py's child, in a fresh
+process, whose last stdout line is its figures as JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PIPELINE_BENCH = HERE / "pipeline_bench.py"
+
+
+def add_workload_args(ap: argparse.ArgumentParser, timeout: float) -> None:
+    """--records, --containers, --runs, --data and --timeout (for one run's daemon to deliver everything)."""
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--containers", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--data", help="workload folder to reuse (written there if missing)")
+    ap.add_argument("--timeout", type=float, default=timeout)
+
+
+@dataclass(frozen=True)
+class Workload:
+    data: Path
+    entries: int  # json-file entries, what the daemon reads
+    records: int  # logical records of the mix (a long line is several entries)
+
+
+def workload(a: argparse.Namespace, work: Path) -> Workload:
+    """The reference workload in --data, or in `work`/data; written first when it is not there yet."""
+    data = Path(a.data) if a.data else work / "data"
+    if not (data / "manifest.json").exists():
+        subprocess.run([sys.executable, str(HERE / "workload.py"), str(data), "--records", str(a.records),
+                        "--containers", str(a.containers)], check=True)
+    manifest = json.loads((data / "manifest.json").read_text())
+    return Workload(data, sum(c["entries"] for c in manifest["containers"]),
+                    sum(c["records"] for c in manifest["containers"]))
+
+
+def run_daemon(cfg: Path, entries: int, timeout: float, script: Path = PIPELINE_BENCH) -> dict[str, float]:
+    """One daemon run on `cfg` until `entries` are read and delivered: wall, cpu, rss_mib, entries, events."""
+    out = subprocess.run([sys.executable, str(script), "--child", str(cfg), str(entries), "--timeout",
+                          str(timeout)], capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
+
+from shipper.errors import ConfigError
 
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -68,3 +70,27 @@ class TlsClientConfig:
     def hostname(self, host: str) -> str:
         """The name to send and check when connecting to `host`."""
         return self.server_name or host
+
+
+class TlsKeys(Protocol):
+    """The tls_* keys every network sink's config has (some add tls_server_name)."""
+
+    @property
+    def tls_ca(self) -> str: ...
+    @property
+    def tls_cert(self) -> str: ...
+    @property
+    def tls_key(self) -> str: ...
+
+
+def check_tls_keys(key: str, table: TlsKeys, tls_on: bool, off: str) -> None:
+    """A sink's tls_* keys taken together: tls_cert and tls_key go together, and tls_ca, tls_cert and
+    tls_server_name are refused while TLS is off (a key that does nothing is a mistake); `off` says why it is,
+    following 'is set but'."""
+    if bool(table.tls_cert) != bool(table.tls_key):
+        raise ConfigError(f"{key}.tls_key" if table.tls_cert else f"{key}.tls_cert",
+                          "tls_cert and tls_key go together")
+    if not tls_on:
+        for name in ("tls_ca", "tls_cert", "tls_server_name"):
+            if getattr(table, name, ""):
+                raise ConfigError(f"{key}.{name}", f"is set but {off}")

@@ -21,7 +21,7 @@ from shipper.sinks.kafka.encode import (
     ValueFormat,
     check_topic,
 )
-from shipper.tls import TLS_VERSIONS, TlsClientConfig
+from shipper.tls import TLS_VERSIONS, TlsClientConfig, check_tls_keys
 
 _BROKER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 MAX_BATCH_BYTES = 64 * 1024 * 1024
@@ -132,13 +132,7 @@ class KafkaConfig(SinkBase):
     def _validate_tls(self, key: str) -> None:
         if self.tls_min_version not in TLS_VERSIONS:
             raise ConfigError(f"{key}.tls_min_version", f"must be one of {', '.join(TLS_VERSIONS)}")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError(f"{key}.tls_key" if self.tls_cert else f"{key}.tls_cert",
-                              "tls_cert and tls_key go together")
-        if not self.tls:
-            for name in ("tls_ca", "tls_cert"):
-                if getattr(self, name):
-                    raise ConfigError(f"{key}.{name}", "is set but tls = false: set tls = true, or remove it")
+        check_tls_keys(key, self, self.tls, "tls = false: set tls = true, or remove it")
         for name in ("tls_ca", "tls_cert", "tls_key"):
             path = getattr(self, name)
             if path and not os.path.isfile(path):

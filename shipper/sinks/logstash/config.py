@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from shipper.errors import ConfigError
 from shipper.schema import doc, parse_each
 from shipper.sinks.base import SinkBase
-from shipper.tls import TLS_VERSIONS, TlsClientConfig
+from shipper.tls import TLS_VERSIONS, TlsClientConfig, check_tls_keys
 
 
 class Protocol(enum.Enum):
@@ -131,13 +131,7 @@ class LogstashConfig(SinkBase):
             raise ConfigError(f"{key}.backoff_init_secs", "must be at most backoff_max_secs")
         if not 0 <= self.retry_after_max_secs <= MAX_RETRY_AFTER_SECS:
             raise ConfigError(f"{key}.retry_after_max_secs", f"must be between 0 and {MAX_RETRY_AFTER_SECS:g}")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError(f"{key}.tls_key" if self.tls_cert else f"{key}.tls_cert",
-                              "tls_cert and tls_key go together")
-        if not self.uses_tls:
-            for name in ("tls_ca", "tls_cert", "tls_server_name"):
-                if getattr(self, name):
-                    raise ConfigError(f"{key}.{name}", "is set but tls is off (tls = true, or https:// hosts)")
+        check_tls_keys(key, self, self.uses_tls, "tls is off (tls = true, or https:// hosts)")
         if self.protocol is not Protocol.HTTP:
             for name in ("user", "password", "password_file", "headers", "gzip"):
                 if getattr(self, name):

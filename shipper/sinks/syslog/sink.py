@@ -51,6 +51,7 @@ from shipper.sinks.syslog.transport import (
 )
 from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
+from shipper.tls import check_tls_keys
 
 log = logging.getLogger("shipper.sinks.syslog")
 
@@ -125,13 +126,8 @@ class SyslogConfig(SinkBase):
                                                           f"{MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES_CAP}")
         if limit > UDP_MAX_PAYLOAD and any(a.scheme == "udp" for a in addresses):
             raise ConfigError(f"{key}.max_message_bytes", f"a UDP datagram carries at most {UDP_MAX_PAYLOAD}")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError(f"{key}.tls_key" if self.tls_cert else f"{key}.tls_cert",
-                              "tls_cert and tls_key go together")
-        if not any(a.scheme in ("tls", "relp+tls") for a in addresses):
-            for name in ("tls_ca", "tls_cert", "tls_server_name"):
-                if getattr(self, name):
-                    raise ConfigError(f"{key}.{name}", "is set but no address is tls:// or relp+tls://")
+        check_tls_keys(key, self, any(a.scheme in ("tls", "relp+tls") for a in addresses),
+                       "no address is tls:// or relp+tls://")
         if not 1 <= self.relp_window <= RELP_MAX_WINDOW:
             raise ConfigError(f"{key}.relp_window", f"must be between 1 and {RELP_MAX_WINDOW}")
         for name in ("connect_timeout_secs", "write_timeout_secs"):

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +334,29 @@ def make_runner(address: str, **table: Any) -> tuple[SinkRunner, MemoryBuffer, K
     return SinkRunner("bus", sink, buf.cursor("bus"), metrics), buf, sink, metrics
 
 
+@contextlib.asynccontextmanager
+async def running(runner: SinkRunner, buf: MemoryBuffer, sink: KafkaSink, batch: Batch) -> AsyncIterator[None]:
+    """`batch` in the buffer, then the runner at work; at exit the runner is stopped and the sink closed, whatever
+    happened."""
+    task = None
+    try:
+        await buf.push(batch)
+        task = asyncio.create_task(runner.run())
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await sink.close()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 30) -> None:
+    """Wait for `cond` at most `timeout` seconds; the test's asserts then say what was not reached."""
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def test_a_batch_refused_as_too_large_is_split_and_a_record_too_large_alone_is_dropped() -> None:
     """The broker takes record batches of at most 4000 bytes (a fake: Tansu takes any size). A request of
     300 small events and one of 5000 bytes: the small ones arrive, each once, in smaller batches; the large one
@@ -342,25 +366,18 @@ async def test_a_batch_refused_as_too_large_is_split_and_a_record_too_large_alon
     meta = ContainerMeta(id="c" * 64, name="app", host="node-1")
     evs = [Event(f"2026-01-01T00:00:{i % 60:02d}.{i:06d}Z", f"n={i} " + ("x" * 5000 if i == 150 else "small"),
                  seq=i) for i in range(300)]
-    task = None
     try:
-        await buf.push(Batch(meta, evs))
-        task = asyncio.create_task(runner.run())
-        deadline = time.monotonic() + 30
-        while runner.cursor is not None and runner.cursor.pending() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        got = [numbers([(v or b"").decode()])[0] for _, _, v in fake.records]
-        assert sorted(got) == [i for i in range(300) if i != 150], "not every small event once"
-        assert fake.refused_batches >= 2
-        assert metrics.get("shipper_events_dropped_total", reason="sink_rejected", where="bus") == 1
-        assert metrics.get("shipper_kafka_errors_total", sink="bus", topic="sized", kind="record_too_large") >= 1
-        assert metrics.get("shipper_events_sent_total", sink="bus") == 299
-        assert runner.state == "up"
+        async with running(runner, buf, sink, Batch(meta, evs)):
+            await until(lambda: runner.cursor is None or not runner.cursor.pending())
+            got = [numbers([(v or b"").decode()])[0] for _, _, v in fake.records]
+            assert sorted(got) == [i for i in range(300) if i != 150], "not every small event once"
+            assert fake.refused_batches >= 2
+            assert metrics.get("shipper_events_dropped_total", reason="sink_rejected", where="bus") == 1
+            assert metrics.get("shipper_kafka_errors_total", sink="bus", topic="sized",
+                               kind="record_too_large") >= 1
+            assert metrics.get("shipper_events_sent_total", sink="bus") == 299
+            assert runner.state == "up"
     finally:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await sink.close()
         fake.close()
 
 
@@ -368,23 +385,16 @@ async def test_a_topic_not_authorised_keeps_the_events_and_the_sink_failing() ->
     fake = FakeBroker("unauthorized")
     runner, buf, sink, metrics = make_runner(fake.address, topic="secret", healthcheck=False)
     meta = ContainerMeta(id="d" * 64, name="app", host="node-1")
-    task = None
     try:
-        await buf.push(Batch(meta, [Event("2026-01-01T00:00:00Z", f"n={i}", seq=i) for i in range(10)]))
-        task = asyncio.create_task(runner.run())
-        deadline = time.monotonic() + 30
-        while runner.state != "failing" and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert runner.state == "failing"
-        assert runner.cursor is not None and runner.cursor.pending() == 10, "events left the buffer"
-        assert metrics.get("shipper_events_dropped_total") == 0
-        assert metrics.get("shipper_kafka_errors_total", sink="bus", topic="secret", kind="authorization") >= 1
-        assert "secret" in runner.last_error and "TopicAuthorizationFailed" in runner.last_error
+        async with running(runner, buf, sink, Batch(meta, [Event("2026-01-01T00:00:00Z", f"n={i}", seq=i)
+                                                         for i in range(10)])):
+            await until(lambda: runner.state == "failing")
+            assert runner.state == "failing"
+            assert runner.cursor is not None and runner.cursor.pending() == 10, "events left the buffer"
+            assert metrics.get("shipper_events_dropped_total") == 0
+            assert metrics.get("shipper_kafka_errors_total", sink="bus", topic="secret", kind="authorization") >= 1
+            assert "secret" in runner.last_error and "TopicAuthorizationFailed" in runner.last_error
     finally:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await sink.close()
         fake.close()
 
 
@@ -422,34 +432,27 @@ async def test_tls_is_honoured_or_the_sink_fails(tls_material: dict[str, Certs],
     address = f"127.0.0.1:{broker.port}" if case == "plaintext_broker" else f"127.0.0.1:{proxy_port}"
     runner, buf, sink, _ = make_runner(address, **table)
     meta = ContainerMeta(id="e" * 64, name="app", host="node-1")
-    task = None
     ok = case in ("verified", "wrong_name_unchecked", "mtls")
+    want = "up" if ok else "failing"
     try:
-        await buf.push(Batch(meta, [Event("2026-01-01T00:00:00Z", f"n={i}", seq=i) for i in range(20)]))
-        task = asyncio.create_task(runner.run())
-        deadline = time.monotonic() + 30
-        want = "up" if ok else "failing"
-        while not (runner.state == want and (not ok or runner.sent_events == 20)) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if ok:
-            assert runner.sent_events == 20 and runner.state == "up"
-            ctx = ssl.create_default_context(cafile=str(server.ca))
-            ctx.check_hostname = False
-            if case == "mtls":
-                ctx.load_cert_chain(good.client_cert, good.client_key)
-            got = await asyncio.to_thread(consume_all, f"127.0.0.1:{proxy_port}", ["tls.test"], expect=20,
-                                          timeout=20, quiet=0.3, ssl_context=ctx)
-            assert sorted(numbers([r.value.decode() for r in got if r.value.startswith(b"n=")]) or
-                          numbers([orjson.loads(r.value)["message"] for r in got])) == list(range(20))
-        else:
-            assert runner.state == "failing", f"{case}: {runner.state} {runner.last_error}"
-            assert runner.sent_events == 0
-            assert "cannot reach brokers" in runner.last_error
+        async with running(runner, buf, sink, Batch(meta, [Event("2026-01-01T00:00:00Z", f"n={i}", seq=i)
+                                                         for i in range(20)])):
+            await until(lambda: runner.state == want and (not ok or runner.sent_events == 20))
+            if ok:
+                assert runner.sent_events == 20 and runner.state == "up"
+                ctx = ssl.create_default_context(cafile=str(server.ca))
+                ctx.check_hostname = False
+                if case == "mtls":
+                    ctx.load_cert_chain(good.client_cert, good.client_key)
+                got = await asyncio.to_thread(consume_all, f"127.0.0.1:{proxy_port}", ["tls.test"], expect=20,
+                                              timeout=20, quiet=0.3, ssl_context=ctx)
+                assert sorted(numbers([r.value.decode() for r in got if r.value.startswith(b"n=")]) or
+                              numbers([orjson.loads(r.value)["message"] for r in got])) == list(range(20))
+            else:
+                assert runner.state == "failing", f"{case}: {runner.state} {runner.last_error}"
+                assert runner.sent_events == 0
+                assert "cannot reach brokers" in runner.last_error
     finally:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await sink.close()
         proxy.close()
         broker.stop()
 
@@ -459,19 +462,10 @@ async def test_idempotence_on_a_broker_without_producer_ids_fails_clearly(broker
     and stays 'failing'; nothing is sent without the guarantee that was asked for."""
     runner, buf, sink, _ = make_runner(broker.address, topic="idem", enable_idempotence=True)
     meta = ContainerMeta(id="f" * 64, name="app", host="node-1")
-    task = None
-    try:
-        await buf.push(Batch(meta, [Event("2026-01-01T00:00:00Z", f"n={i}", seq=i) for i in range(5)]))
-        task = asyncio.create_task(runner.run())
-        deadline = time.monotonic() + 30
-        while runner.state != "failing" and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+    async with running(runner, buf, sink, Batch(meta, [Event("2026-01-01T00:00:00Z", f"n={i}", seq=i)
+                                                     for i in range(5)])):
+        await until(lambda: runner.state == "failing")
         assert runner.state == "failing"
         assert runner.sent_events == 0
         assert "refused the producer" in runner.last_error
         assert "enable_idempotence needs brokers that grant producer ids" in runner.last_error
-    finally:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await sink.close()

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PIPELINE_BENCH = HERE / "pipeline_bench.py"
+Row = tuple[str, Callable[[dict[str, Any]], float], str]  # a figure, its value in one run, its format spec
 
 
 def add_workload_args(ap: argparse.ArgumentParser, timeout: float) -> None:
@@ -47,3 +51,12 @@ def run_daemon(cfg: Path, entries: int, timeout: float, script: Path = PIPELINE_
     out = subprocess.run([sys.executable, str(script), "--child", str(cfg), str(entries), "--timeout",
                           str(timeout)], capture_output=True, text=True, check=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def print_medians(results: list[dict[str, Any]], rows: list[Row], width: int = 28) -> None:
+    """A markdown table of each figure's median over the runs."""
+    print(f"| {'figure':<{width}} | {'median':>12} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 14}|")
+    for name, f, fmt in rows:
+        value = statistics.median(f(r) for r in results)
+        print(f"| {name:<{width}} | {format(value, fmt):>12} |")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from common import add_workload_args, run_daemon, workload  # noqa: E402
+from common import add_workload_args, print_medians, run_daemon, workload  # noqa: E402
 from pipeline_bench import bench_config  # noqa: E402
 
 from tests.integration.kafka import Tansu  # noqa: E402
@@ -72,7 +71,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="shipper-kafka-bench-"))
     w = workload(a, work)
     data, entries, records = w.data, w.entries, w.records
-    results = []
+    results: list[dict[str, Any]] = []
     for run in range(a.runs):
         broker = Tansu().start()
         try:
@@ -94,26 +93,20 @@ def main() -> None:
               file=sys.stderr)
         shutil.rmtree(state, ignore_errors=True)
 
-    def med(f: Any) -> float:
-        return statistics.median(f(r) for r in results)
-
     print(f"\nshipper kafka benchmark: {records:,} records = {entries:,} json-file entries, {a.containers} "
           f"containers, buffer={a.buffer}, compression={a.compression}, partitioner={a.partitioner}, "
           f"max_in_flight={a.max_in_flight}, batch_max_events={a.batch_max_events}, "
           f"buffer_max_events={a.buffer_max_events or 'default'}, acks=all, median of "
           f"{a.runs} runs")
-    print(f"| {'figure':<34} | {'median':>12} |")
-    print(f"|{'-' * 36}|{'-' * 14}|")
-    rows = [("records/s (broker acked)", med(lambda r: r["events"] / r["wall"]), ",.0f"),
-            ("json-file entries/s", med(lambda r: r["entries"] / r["wall"]), ",.0f"),
-            ("CPU s per million records", med(lambda r: r["cpu"] / max(r["events"], 1) * 1e6), ".2f"),
-            ("broker CPU s per million records", med(lambda r: r["broker_cpu"] / max(r["events"], 1) * 1e6), ".2f"),
-            ("wall s", med(lambda r: r["wall"]), ".2f"),
-            ("peak RSS MiB (shipper)", med(lambda r: r["rss_mib"]), ".0f"),
-            ("peak RSS MiB (broker)", med(lambda r: r["broker_rss_mib"]), ".0f"),
-            ("records acked", med(lambda r: r["events"]), ",.0f")]
-    for name, value, fmt in rows:
-        print(f"| {name:<34} | {format(value, fmt):>12} |")
+    print_medians(results, [
+        ("records/s (broker acked)", lambda r: r["events"] / r["wall"], ",.0f"),
+        ("json-file entries/s", lambda r: r["entries"] / r["wall"], ",.0f"),
+        ("CPU s per million records", lambda r: r["cpu"] / max(r["events"], 1) * 1e6, ".2f"),
+        ("broker CPU s per million records", lambda r: r["broker_cpu"] / max(r["events"], 1) * 1e6, ".2f"),
+        ("wall s", lambda r: r["wall"], ".2f"),
+        ("peak RSS MiB (shipper)", lambda r: r["rss_mib"], ".0f"),
+        ("peak RSS MiB (broker)", lambda r: r["broker_rss_mib"], ".0f"),
+        ("records acked", lambda r: r["events"], ",.0f")], width=34)
     if a.keep:
         print(f"work folder: {work}", file=sys.stderr)
     else:

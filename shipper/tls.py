@@ -8,6 +8,7 @@ IP with a certificate that does not name it can keep the chain check and drop th
 
 from __future__ import annotations
 
+import enum
 import ssl
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -15,6 +16,13 @@ from typing import Literal, Protocol
 from shipper.errors import ConfigError
 
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class TlsVersion(enum.Enum):
+    """The oldest TLS version a sink allows (its tls_min_version key): one of TLS_VERSIONS."""
+
+    V1_2 = "1.2"
+    V1_3 = "1.3"
 
 
 class TlsFileError(ValueError):

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from shipper.errors import ConfigError
 from shipper.schema import doc, parse_each
 from shipper.sinks.base import SinkBase
-from shipper.tls import TLS_VERSIONS, TlsClientConfig, check_tls_keys
+from shipper.tls import TLS_VERSIONS, TlsClientConfig, TlsVersion, check_tls_keys
 
 
 class Protocol(enum.Enum):
@@ -63,11 +63,6 @@ def parse_host(text: str, protocol: Protocol, tls: bool, path: str = "/") -> Hos
         raise ValueError(f"tls = true but {text!r} is http://")
     netloc = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return Host(parts.hostname, port, f"{scheme}://{netloc}:{port}{parts.path or path}")
-
-
-class TlsVersion(enum.Enum):
-    V1_2 = "1.2"
-    V1_3 = "1.3"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import enum
 import logging
 import ssl
 from collections.abc import Sequence
@@ -51,7 +50,7 @@ from shipper.sinks.syslog.transport import (
 )
 from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
-from shipper.tls import check_tls_keys
+from shipper.tls import TlsVersion, check_tls_keys
 
 log = logging.getLogger("shipper.sinks.syslog")
 
@@ -63,11 +62,6 @@ log = logging.getLogger("shipper.sinks.syslog")
 DEFAULT_MAX_MESSAGE_BYTES = {"udp": 2048, "unix": 8192, "tcp": 65536, "tls": 65536, "relp": 65536,
                              "relp+tls": 65536}
 MAX_MESSAGE_BYTES_CAP = 16 * 1024 * 1024
-
-
-class TlsVersion(enum.Enum):
-    V1_2 = "1.2"
-    V1_3 = "1.3"
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from shipper.sinks.syslog.encode import Facility, Format, Framing, Severity
-from shipper.sinks.syslog.sink import SyslogConfig, TlsVersion
+from shipper.sinks.syslog.sink import SyslogConfig
 from shipper.sinks.syslog.transport import Address, parse_address
+from shipper.tls import TlsVersion
 from tests.unit.sinks.support import SinkTable, assert_documented
 
 TABLE = SinkTable(SyslogConfig, "syslog", "central")

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("shipper")
 SHUTDOWN_DRAIN_SECS = 10.0  # readers being replaced or stopped get this long to close
 SINK_CLOSE_SECS = 10.0  # a sink's close() at shutdown (1 s after a second stop signal)
+STUCK_REPORT_SECS = 5.0  # after the drain, tasks still running this long are named in the log
 PENDING_WARN_SECS = 30.0  # a container still waiting for its inspect after this long is reported
 GC_THRESHOLDS = (50_000, 20, 100)  # see tune_gc
 FORGET_REMOVED_AFTER_SECS = 300.0  # offsets of removed containers are kept this long, then pruned
@@ -235,6 +236,8 @@ class App:
                     self._reloading.cancel()
                 for t in self.sink_tasks.values():
                     t.cancel()
+                stuck = asyncio.get_running_loop().call_later(STUCK_REPORT_SECS, _report_stuck_tasks)
+            stuck.cancel()
         finally:
             remove_pid_file(self.state_dir)  # before SIGHUP's handler goes: a reload sent later finds no daemon
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -326,9 +329,8 @@ class App:
         readers = list(self.readers.values())
         for r in readers:
             r.task.cancel()
-        for r in readers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await r.task
+        if readers:  # bounded: a reader that does not end is named by the stuck-task report below
+            await asyncio.wait([r.task for r in readers], timeout=SHUTDOWN_DRAIN_SECS)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_DRAIN_SECS):
                 for r in readers:
@@ -717,3 +719,16 @@ class _TrackedRunner(SinkRunner):
         if done.delivered and self.on_delivered is not None:
             self.on_delivered(self.name, request.batches)
         return done
+
+
+def _report_stuck_tasks() -> None:
+    """Shutdown takes well under STUCK_REPORT_SECS once the drain is over: name whatever it still waits for, and
+    cancel it again, so that the daemon stops."""
+    current = asyncio.current_task()
+    for t in asyncio.all_tasks():
+        if t is current or t.done():
+            continue
+        frames = t.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        log.warning("shutdown still waiting for a task, cancelling it again task=%s at=%s", t.get_name(), where)
+        t.cancel()

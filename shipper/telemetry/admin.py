@@ -74,7 +74,8 @@ class AdminServer:
         """Listen; an address that cannot be bound raises OSError (the caller decides what that means)."""
         host, port = split_address(self.cfg.address)
         tls = server_ssl_context(self.cfg.tls_cert, self.cfg.tls_key) if self.cfg.tls_cert else None
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # a scrape or a page still open at shutdown gets a moment, not aiohttp's default minute
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=tls, reuse_address=True)
         try:

@@ -36,14 +36,15 @@ from tests.integration.harness import ROOT
 pytestmark = pytest.mark.docker
 
 RunContainer = Callable[..., Any]
-CONTAINERS = 4
-PER_SEC = 2_500  # lines/s each: 10,000 in all
+CONTAINERS = 5
+PER_SEC = 2_500  # lines/s asked of each; a shell's bursts and pauses reach about 2,200: about 10,000 in all
+TARGET_RATE = 10_000  # lines/s in all
 SECS = 16
 PER = PER_SEC * SECS  # lines each container writes
 BURST = 250  # lines written at once, then a pause of BURST / PER_SEC
 C_BATCH = 512  # sink c's batch_max_events: bounds what it had in flight when it was changed
 INPUT_BATCH = 256  # input.batch_max_events: a record (never split) is at most this many events
-MIN_RATE_SHARE = 0.5  # of the 10,000 lines/s asked for, at least this much must be reached
+MIN_RATE_SHARE = 0.5  # of TARGET_RATE, at least this much must be reached (a busy machine logs slower)
 
 
 def sink(name: str, path: Path, extra: str = "") -> str:
@@ -189,7 +190,7 @@ def test_reload_under_load_adds_removes_and_changes_sinks_without_losing_a_line(
           f"each {PER / max(spans):,.0f}..{PER / min(spans):,.0f}); d started at "
           f"{[Files.nums(ed[n])[0] for n in names]}; c sent again {c_dups} lines "
           f"(bound {C_BATCH + INPUT_BATCH}); b stopped at {[len(eb.get(n, [])) for n in names]}")
-    assert rate >= MIN_RATE_SHARE * CONTAINERS * PER_SEC, f"the containers logged only {rate:,.0f} lines/s"
+    assert rate >= MIN_RATE_SHARE * TARGET_RATE, f"the containers logged only {rate:,.0f} lines/s"
 
 
 def first_difference(have: list[int], want: list[int]) -> str:

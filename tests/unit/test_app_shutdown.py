@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -11,10 +12,8 @@ from shipper.app import _report_stuck_tasks
 
 async def test_a_task_that_swallowed_its_cancel_is_named_and_cancelled_again(caplog: pytest.LogCaptureFixture) -> None:
     async def stubborn() -> None:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # the kind of bug that keeps a TaskGroup from exiting
             await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            pass  # the kind of bug that keeps a TaskGroup from ever exiting
         await asyncio.sleep(3600)
 
     task = asyncio.create_task(stubborn(), name="reader:stubborn")

@@ -26,7 +26,16 @@ from shipper.sinks.runner import SinkRunner
 from shipper.sinks.syslog.relp import DEFAULT_WINDOW
 from tests.conftest import require
 from tests.integration.rsyslog import RELP_INPUTS, Rsyslog, relp_available
-from tests.integration.test_syslog import EVENTS, container, expected_sd, make_sink, of, require_rsyslog, tls_keys
+from tests.integration.test_syslog import (
+    EVENTS,
+    assert_events_arrived,
+    container,
+    expected_sd,
+    make_sink,
+    of,
+    require_rsyslog,
+    tls_keys,
+)
 
 pytestmark = pytest.mark.rsyslog
 
@@ -67,17 +76,7 @@ async def test_every_field_arrives_intact(rsyslog: Rsyslog, kind: str, framing: 
 
     recs = await rsyslog.wait_records(of(meta), len(EVENTS))
     assert len(recs) == len(EVENTS), recs
-    for rec, (_, ts, msg, stream, _, pri) in zip(recs, EVENTS, strict=True):
-        assert rec["input"] == kind
-        assert rec["pri"] == str(pri)
-        assert rec["version"] == "1"
-        assert rec["ts"] == ts
-        assert rec["host"] == "node-1"
-        assert rec["app"] == meta.name
-        assert rec["procid"] == meta.id[:12]
-        assert rec["msgid"] == stream
-        assert rec["sd"] == expected_sd(meta)
-        assert rec["msg"] == msg
+    assert_events_arrived(recs, meta, kind)
 
 
 async def test_rfc3164(rsyslog: Rsyslog) -> None:

@@ -55,6 +55,23 @@ def container(tag: str = "") -> ContainerMeta:
                          labels={COMPOSE_PROJECT: "shop", COMPOSE_SERVICE: "web"}, host="node-1")
 
 
+def assert_events_arrived(recs: list[dict[str, Any]], meta: ContainerMeta, input_name: str,
+                          newlines_escaped: bool = False) -> None:
+    """Every field of every one of EVENTS, as rsyslog parsed it (`newlines_escaped`: LF framing, where rsyslog
+    writes a newline inside a message as #012)."""
+    for rec, (_, ts, msg, stream, _, pri) in zip(recs, EVENTS, strict=True):
+        assert rec["input"] == input_name
+        assert rec["pri"] == str(pri)
+        assert rec["version"] == "1"
+        assert rec["ts"] == ts
+        assert rec["host"] == "node-1"
+        assert rec["app"] == meta.name
+        assert rec["procid"] == meta.id[:12]
+        assert rec["msgid"] == stream
+        assert rec["sd"] == expected_sd(meta)
+        assert rec["msg"] == (msg.replace("\n", "#012") if newlines_escaped else msg)
+
+
 def expected_sd(meta: ContainerMeta) -> str:
     # written out by hand from RFC 5424 §6.3.3 rather than with the encoder's own escaping
     return (f'[docker@32473 id="{meta.id}" name="{meta.name}" '
@@ -126,17 +143,7 @@ async def test_every_field_arrives_intact(rsyslog: Rsyslog, kind: str, table: di
     recs = await rsyslog.wait_records(of(meta), len(EVENTS))
     assert len(recs) == len(EVENTS), recs
     lf = table.get("framing") == "lf" and kind not in ("udp", "unix_dgram")
-    for rec, (_, ts, msg, stream, _, pri) in zip(recs, EVENTS, strict=True):
-        assert rec["input"] == INPUT_NAMES.get(kind, kind)
-        assert rec["pri"] == str(pri)
-        assert rec["version"] == "1"
-        assert rec["ts"] == ts
-        assert rec["host"] == "node-1"
-        assert rec["app"] == meta.name
-        assert rec["procid"] == meta.id[:12]
-        assert rec["msgid"] == stream
-        assert rec["sd"] == expected_sd(meta)
-        assert rec["msg"] == (msg.replace("\n", "#012") if lf else msg)
+    assert_events_arrived(recs, meta, INPUT_NAMES.get(kind, kind), newlines_escaped=lf)
 
 
 SIZES = [479, 480, 2048, 8192, 65000]

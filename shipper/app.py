@@ -236,7 +236,8 @@ class App:
                     self._reloading.cancel()
                 for t in self.sink_tasks.values():
                     t.cancel()
-                stuck = asyncio.get_running_loop().call_later(STUCK_REPORT_SECS, _report_stuck_tasks)
+                stuck = asyncio.get_running_loop().call_later(STUCK_REPORT_SECS, _report_stuck_tasks,
+                                                              asyncio.current_task())
             stuck.cancel()
         finally:
             remove_pid_file(self.state_dir)  # before SIGHUP's handler goes: a reload sent later finds no daemon
@@ -721,12 +722,12 @@ class _TrackedRunner(SinkRunner):
         return done
 
 
-def _report_stuck_tasks() -> None:
+def _report_stuck_tasks(waiting: asyncio.Task[Any] | None) -> None:
     """Shutdown takes well under STUCK_REPORT_SECS once the drain is over: name whatever it still waits for, and
-    cancel it again, so that the daemon stops."""
-    current = asyncio.current_task()
+    cancel it again, so that the daemon stops. `waiting` is the task doing the shutdown: it is spared (a timer
+    callback runs in no task, and cancelling the shutdown itself would end the daemon with an error)."""
     for t in asyncio.all_tasks():
-        if t is current or t.done():
+        if t is waiting or t.done():
             continue
         frames = t.get_stack(limit=8)
         where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))

@@ -29,6 +29,9 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The Kafka client logs every failed connection attempt at ERROR, several a second while a broker is down;
+    # the kafka sink says the same once per state change and counts each attempt, so the client speaks at debug.
+    logging.getLogger("aiokafka").setLevel(logging.DEBUG if level.lower() == "debug" else logging.CRITICAL)
 
 
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -75,6 +75,8 @@ flush_timeout_secs = 0.3
             rc = self.proc.wait()
             raise AssertionError(f"shipper did not stop within {timeout}s:\n{self.log_text()[-3000:]}") from None
         self._logf.close()
+        if rc != 0 and sig == signal.SIGTERM:  # shown by pytest when the test's check of rc fails
+            print(f"shipper exited rc={rc} after SIGTERM:\n{self.log_text()[-3000:]}")
         return rc
 
     def log_text(self) -> str:

@@ -57,3 +57,16 @@ def test_sentences_without_pairs_and_odd_placeholders() -> None:
     assert fields == {"events_read": 3} and isinstance(fields["events_read"], int)
     # a field may not overwrite the document's own keys
     assert split_fields("x message=%s", ("m",)) == ("x message=m", {})
+
+
+def test_the_kafka_clients_connection_errors_speak_only_at_debug() -> None:
+    """aiokafka logs each refused connection at ERROR, several a second; the kafka sink says it, rate limited."""
+    buf = io.StringIO()
+    try:
+        for level, expect in (("info", 0), ("debug", 1)):
+            setup_logging(level, "json")
+            logging.getLogger().handlers[0].stream = buf  # type: ignore[attr-defined]
+            logging.getLogger("aiokafka.conn").error('Unable connect to "127.0.0.1:1": refused')
+            assert len(lines(buf)) == expect, level
+    finally:
+        setup_logging("info", "text")

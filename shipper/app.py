@@ -259,7 +259,7 @@ class App:
                                 "delivered no longer holds the spool (replay can still send what is retained)", name)
                     spool.remove_cursor(name)
             return spool
-        return MemoryBuffer(self._safe, self.metrics, bc.max_events, bc.max_bytes, bc.when_full)
+        return MemoryBuffer(self._safe, self.metrics, bc.max_events, bc.limit_bytes, bc.when_full)
 
     async def _push(self, batch: Batch) -> None:
         """The readers' emit: push into the buffer; while the spool cannot take it (disk full, I/O error) wait

@@ -78,6 +78,9 @@ class DockerConfig:
     scan_interval_secs: float = doc(1.0, "how often discovery='files' rescans data_root", low=0.05, high=3600)
     poll_interval_secs: float = doc(0.25, "longest wait before an idle log file is checked again", low=0.01,
                                     high=60)
+    read_coalesce_secs: float = doc(0.005, "a log being written wakes its reader at most this often (rotations "
+                                           "at once; a write to a quiet log at once too); 0: at every write",
+                                    low=0, high=1)
     start_at: StartAt = doc(StartAt.BEGINNING, "where to start a log never read before: 'beginning' or 'end'")
     reconnect_max_secs: float = doc(30.0, "longest backoff between attempts to reach a lost Engine API",
                                     low=0.1, high=3600)
@@ -242,11 +245,16 @@ class FsyncPolicy(enum.Enum):
     NEVER = "never"  # leave it to the kernel
 
 
+MEMORY_BUFFER_BYTES = 32 * 1024 * 1024
+DISK_BUFFER_BYTES = 256 * 1024 * 1024
+MIN_BUFFER_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class BufferConfig:
     type: BufferType = doc(BufferType.MEMORY, "'memory' (bounded, lost on crash) or 'disk' (durable spool)")
-    max_bytes: int = doc(256 * 1024 * 1024, "most bytes buffered (memory: estimated; disk: on disk)",
-                         low=64 * 1024, high=2**50)
+    max_bytes: int = doc(0, "most bytes buffered: memory: what the events take in memory (0: 32 MiB); disk: "
+                            "on disk (0: 256 MiB)", low=0, high=2**50)
     max_events: int = doc(200_000, "memory buffer: most events held", low=1, high=100_000_000)
     when_full: WhenFull = doc(WhenFull.BLOCK, "'block' (readers wait; Docker keeps the logs), "
                                               "'drop_oldest' or 'drop_newest'")
@@ -261,6 +269,19 @@ class BufferConfig:
     shutdown_drain_secs: float = doc(10.0, "at a stop, longest wait for the sinks to deliver what is buffered "
                                            "(a second SIGTERM or Ctrl-C cuts it short); then offsets are saved",
                                      high=3600)
+
+    def validate(self, key: str) -> None:
+        if 0 < self.max_bytes < MIN_BUFFER_BYTES:
+            raise ConfigError(f"{key}.max_bytes", f"must be 0 (the default for the type) or at least "
+                                                  f"{MIN_BUFFER_BYTES} bytes")
+
+    @property
+    def limit_bytes(self) -> int:
+        """max_bytes, or the default for the buffer's type: the memory buffer's default keeps the whole
+        daemon under 100 MB of RSS with any sink; a disk spool rides out a long outage."""
+        if self.max_bytes:
+            return self.max_bytes
+        return MEMORY_BUFFER_BYTES if self.type is BufferType.MEMORY else DISK_BUFFER_BYTES
 
 
 LogLevel = typing.Literal["debug", "info", "warning", "error"]

@@ -141,7 +141,7 @@ HELP: dict[str, Spec | str] = {
     # --- buffer and spool ---
     "shipper_buffer_events": gauge("Events in the buffer."),
     "shipper_buffer_bytes": gauge("Bytes in the buffer."),
-    "shipper_buffer_max_bytes": gauge("The buffer's limit in bytes (buffer.max_bytes)."),
+    "shipper_buffer_max_bytes": gauge("The buffer's limit in bytes (buffer.max_bytes, or its default for the type)."),
     "shipper_spool_write_errors_total": counter("Pushes the disk spool refused (disk full, I/O error); reading "
                                                 "waited."),
     "shipper_spool_corrupt_records_total": counter("Spool records that failed their check and were skipped or "

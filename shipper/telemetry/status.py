@@ -99,7 +99,7 @@ class Status:
         self.pause_reason = ""
         self._labelled: dict[str, str] = {}  # container id -> the label its lag gauges carry
         self.metrics.set("shipper_build_info", 1, version=__version__)
-        self.metrics.set("shipper_buffer_max_bytes", app.config.buffer.max_bytes)
+        self.metrics.set("shipper_buffer_max_bytes", app.config.buffer.limit_bytes)
 
     # --- called by the pipeline (per batch or per request) -----------------------------------------------
 
@@ -210,7 +210,7 @@ class Status:
         if buf is None:
             return 0.0
         s = buf.stats()
-        limit = self.app.config.buffer.max_bytes
+        limit = self.app.config.buffer.limit_bytes
         fill = s.get("bytes", 0) / limit if limit else 0.0
         max_events = getattr(buf, "max_events", 0)
         if max_events:
@@ -297,7 +297,7 @@ class Status:
             "sinks": self.sinks(),
             "events_read_per_sec": self.rate(None),
             "buffer": {"type": app.config.buffer.type.value, "events": buf.get("events", 0),
-                       "bytes": buf.get("bytes", 0), "max_bytes": app.config.buffer.max_bytes,
+                       "bytes": buf.get("bytes", 0), "max_bytes": app.config.buffer.limit_bytes,
                        "fill": self.buffer_fill(),
                        "reading_paused": bool(self.paused_since), "pause_reason": self.pause_reason},
             "drops": self.drops(),

@@ -53,6 +53,7 @@ CASES = [
     ("negative backoff", '[sinks.out]\ntype = "file"\nretry_max_secs = -5.0', "sinks.out.retry"),
     ("a negative size", '[sinks.out]\ntype = "file"\nmax_bytes = -1', "sinks.out.max_bytes"),
     ("a negative buffer", "[buffer]\nmax_bytes = -1", "buffer.max_bytes"),
+    ("a buffer too small for one batch", "[buffer]\nmax_bytes = 1000", "buffer.max_bytes"),
     ("a negative count", '[sinks.out]\ntype = "file"\nmax_files = -3', "sinks.out.max_files"),
     ("above the upper bound", '[input]\nmax_event_bytes = "1TiB"', "input.max_event_bytes"),
     ("not a number", '[sinks.out]\ntype = "null"\nlinger_secs = nan', "sinks.out.linger_secs"),

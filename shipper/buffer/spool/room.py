@@ -63,7 +63,7 @@ class Room(SegmentIndex):
 
     async def _make_room(self, batch: Batch, size: int) -> bool:
         """False if the batch was dropped (drop_newest); waits under 'block'."""
-        limit = self.config.max_bytes
+        limit = self.config.limit_bytes
         while self._disk_bytes + size > limit:
             if self._reclaim(force=True):
                 continue

@@ -1,13 +1,23 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
 
+import orjson
 import pytest
 
-from shipper.buffer.memory import MemoryBuffer
+from shipper.buffer.memory import MemoryBuffer, batch_bytes
 from shipper.config import WhenFull
 from shipper.event import Batch, Checkpoint, ContainerMeta, Event
 from shipper.telemetry.metrics import Metrics
+from shipper.transforms.assemble import LineAssembler
+from tests.unit.transforms.support import make_config
+
+REPO = Path(__file__).resolve().parents[3]
 
 META = ContainerMeta(id="c1", name="one")
 
@@ -85,3 +95,42 @@ async def test_order_preserved(n: int) -> None:
         got.append(b.checkpoint.position)  # type: ignore[union-attr]
         cur.ack(seq)
     assert got == list(range(20))
+
+
+# --- what max_bytes counts: the events' real size in memory ------------------------------------------------
+
+
+def test_batch_bytes_is_what_the_events_take_in_memory(tmp_path: Path) -> None:
+    """On the reference mix, built as the json-file reader builds it, batch_bytes is within 10% of what
+    tracemalloc sees the events take (plain, JSON with parsed fields, long and multi-line ones)."""
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "workload.py"), str(tmp_path), "--records", "4000",
+                    "--containers", "2", "--seed", "3"], check=True, capture_output=True, timeout=120)
+    for log in sorted(tmp_path.glob("containers/*/*-json.log")):
+        raw = log.read_bytes().splitlines(keepends=True)
+        asm = LineAssembler(log.parent.name[:12], make_config(), Metrics())
+        gc.collect()
+        tracemalloc.start()
+        try:
+            events: list[Event] = []
+            for off, line in enumerate(raw):
+                d = orjson.loads(line)
+                asm.add(d["time"], d["stream"], d["log"], off)
+                events.extend(asm.take())
+            asm.flush()
+            events.extend(asm.take())
+            del d
+            gc.collect()
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert any(ev.fields for ev in events) and any(not ev.fields for ev in events)
+        ratio = batch_bytes(Batch(META, events)) / held
+        assert 0.9 < ratio < 1.1, f"{log.parent.name[:12]}: estimate/held = {ratio:.3f}"
+
+
+def test_wide_characters_count_their_width() -> None:
+    """A character beyond Latin-1 takes 2 or 4 bytes in memory: counted, not one byte per character."""
+    ascii_, cjk, emoji = ("x" * 1000, "字" * 1000, "😀" * 1000)
+    sizes = [batch_bytes(Batch(META, [Event("2026-01-01T00:00:00Z", m)])) for m in (ascii_, cjk, emoji)]
+    assert sizes[0] + 900 < sizes[1] < sizes[0] + 1100
+    assert sizes[0] + 2900 < sizes[2] < sizes[0] + 3100

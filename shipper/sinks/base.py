@@ -128,5 +128,10 @@ class Sink(ABC):
     async def healthcheck(self) -> None:  # noqa: B027 - optional hook
         """Raise when the destination cannot be reached."""
 
+    def details(self) -> dict[str, object]:
+        """What the sink alone knows about its state (one entry a host, ...), shown in /status beside the
+        runner's figures; plain JSON values only."""
+        return {}
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and release what start() opened."""

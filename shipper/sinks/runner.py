@@ -233,4 +233,5 @@ class SinkRunner:
     def status(self) -> dict[str, object]:
         pending = self.cursor.pending() if self.cursor else 0
         return {"state": self.state, "in_flight": self.in_flight, "sent_events": self.sent_events,
-                "pending_events": pending, "last_error": self.last_error, "last_success": self.last_success}
+                "pending_events": pending, "last_error": self.last_error, "last_success": self.last_success,
+                **self.sink.details()}

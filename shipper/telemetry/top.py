@@ -85,6 +85,12 @@ def render(st: dict[str, Any], width: int = 160, color: bool = True) -> str:
             for n, s in st.get("sinks", {}).items()]
     out += _table(["SINK", "TYPE", "STATE", "IN FLIGHT", "PENDING", "EVENTS/S", "LAST SUCCESS", "LAST ERROR"],
                   rows, width, color)
+    for n, s in st.get("sinks", {}).items():  # sinks with several hosts: each host's own state
+        for h in s.get("hosts", []):
+            retry = f", retried in {h['retry_in_secs']}s" if "retry_in_secs" in h else ""
+            active = " (active)" if s.get("active") == h["host"] else ""
+            out.append(f"  {n} host {h['host']}{active}: {_state(h['state'], color)}, window {h['window']}, "
+                       f"busy {h['busy']}{retry}" + (f", {h['last_error']}" if h["last_error"] else ""))
     b = st.get("buffer", {})
     out += ["", f"buffer ({b.get('type')}): {_n(b.get('events'))} events, {_n(b.get('bytes'))} bytes, "
                 f"{100 * float(b.get('fill') or 0):.1f}% full"

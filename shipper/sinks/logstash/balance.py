@@ -48,6 +48,15 @@ class HostState:
         self.busy = 0  # windows or requests reserved on this host
         tel.logstash_window_size(metrics, sink, self.name, self.window.size)
 
+    def status(self) -> dict[str, object]:
+        """For /status: up, down (with the error, and when it is tried again) or not tried yet."""
+        state = "untried" if self.up is None else "up" if self.up else "down"
+        doc: dict[str, object] = {"host": self.name, "state": state, "busy": self.busy,
+                                  "window": self.window.size, "last_error": self.last_error}
+        if self.up is False:
+            doc["retry_in_secs"] = round(max(self.retry_at - time.monotonic(), 0.0), 2)
+        return doc
+
     def usable(self, now: float) -> bool:
         return bool(self.up) or now >= self.retry_at
 

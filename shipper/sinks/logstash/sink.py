@@ -120,6 +120,10 @@ class LogstashSink(Sink):
                 raise RetryableSinkError(f"cannot read password_file: {e.strerror}") from None
             self._client = HttpClient(self.pool, self._tls, cfg.user, password)
 
+    def details(self) -> dict[str, object]:
+        active = {"active": self.pool.hosts[self.pool.active].name} if not self.config.loadbalance else {}
+        return {"hosts": [h.status() for h in self.pool.hosts], **active}
+
     def preflight(self) -> None:
         """For `shipper check`: the password file can be read (its content is not shown)."""
         if self.config.password_file:

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from shipper.docker.watch import DockerWatch
     from shipper.sinks.base import Request
     from shipper.sinks.runner import Delivery
+    from shipper.sources.jsonfile.keeper import LogKeeper
     from shipper.telemetry.admin import AdminServer
 
 log = logging.getLogger("shipper")
@@ -115,6 +116,7 @@ class App:
         self.own_id = None if self.config.select.include_self else own_container_id()
         self.docker: DockerClient | None = None  # the current Engine API client (the app owns and closes it)
         self._endpoint: Endpoint | None = None
+        self.keeper: LogKeeper | None = None
         self._discovery_runs = 0
         self.discovery: ContainerDiscovery | None = None
         self.pending: dict[str, Pending] = {}
@@ -196,6 +198,7 @@ class App:
         """Run until request_stop(); then shut down in order."""
         make_state_dir(self.state_dir)
         self._open_docker()
+        self._start_keeper()
         await self._resolve_host_name()
         tune_gc()
         self.offsets.load()
@@ -365,10 +368,24 @@ class App:
         if self.docker is not None:
             await self.docker.close()
             self.docker = None
+        if self.keeper is not None:
+            self.keeper.close()
+            self.keeper = None
         self.offsets.flush()
         log.info("stopped; offsets saved in %s", self.state_dir)
 
     # --- discovery and readers ---------------------------------------------------------------------------
+
+    def _start_keeper(self) -> None:
+        """Hold new containers' json-file logs open from their creation, so that one removed (`--rm`) before
+        its reader starts is still read whole; not needed when logs are read from the Engine API only."""
+        if self.config.docker.read is ReadMode.API or self.keeper is not None:
+            return
+        from shipper.sources.jsonfile.keeper import LogKeeper
+
+        keeper = LogKeeper(self.config.docker.data_root)
+        if keeper.start():
+            self.keeper = keeper
 
     def _open_docker(self) -> None:
         """The Engine API client, when discovery uses the API: its endpoint is resolved here, at start, so that
@@ -483,6 +500,8 @@ class App:
     def _json_readable(self, info: ContainerInfo, exists: bool) -> bool:
         """The json-file can be read: it is there (`exists`), or its folder is readable (created next)."""
         path = info.log_path or default_log_path(self.config.docker.data_root, info.meta.id)
+        if self.keeper is not None and self.keeper.has(path):
+            return True  # held open since dockerd created it, though the container may be gone already
         return may(path, os.R_OK) or (not exists and may(os.path.dirname(path), os.R_OK))  # capabilities count
 
     def _choose(self, info: ContainerInfo) -> tuple[Choice, str]:
@@ -573,7 +592,7 @@ class App:
     def _make_source(self, info: ContainerInfo, choice: Choice) -> LogSource:
         assert self.buffer is not None
         ctx = SourceContext(self.config, self.metrics, self._push, self.docker,
-                            current_docker=lambda: self.docker)
+                            current_docker=lambda: self.docker, keeper=self.keeper)
         resume = self.offsets.get(info.meta.id)
         if choice == "files":
             from shipper.sources.jsonfile import JsonFileSource

@@ -23,6 +23,7 @@ from shipper.transforms.assemble import LineAssembler
 
 if TYPE_CHECKING:
     from shipper.docker.client import DockerClient
+    from shipper.sources.jsonfile.keeper import LogKeeper
 
 Emit = Callable[[Batch], Awaitable[None]]
 
@@ -36,6 +37,7 @@ class SourceContext:
     # The app's current client, asked at every use: the app replaces (and closes) its client when discovery
     # restarts, and a reader must not keep a closed one. Wins over `docker` when set.
     current_docker: Callable[[], DockerClient | None] | None = None
+    keeper: LogKeeper | None = None  # json-file logs held open since their creation (a --rm container's)
 
     def docker_client(self) -> DockerClient | None:
         return self.current_docker() if self.current_docker is not None else self.docker

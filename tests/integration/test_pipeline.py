@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import TEST_IMAGE, TEST_LABEL
 from tests.integration.harness import Shipper, messages_of
+from tests.integration.slow_docker import SlowDocker
 
 pytestmark = pytest.mark.docker
 
@@ -264,3 +265,32 @@ def test_signal_int_also_stops_cleanly(shipper: Shipper) -> None:
     time.sleep(1)
     assert shipper.stop(signal.SIGINT) == 0
     assert os.path.exists(shipper.state)
+
+
+def test_containers_removed_before_their_start_event_came_are_read_whole(tmp_path: Path, run_container,  # type: ignore[no-untyped-def]
+                                                                          ) -> None:
+    """`--rm` containers that log, exit and are removed while dockerd's answers are 3 s late (a loaded host):
+    by the time discovery hears of each, its log is deleted. Held open since dockerd created it, it is read
+    whole all the same."""
+    slow = SlowDocker(delay=3.0)
+    shipper = Shipper(tmp_path, docker_toml=f'host = "{slow.host}"')
+    try:
+        shipper.start()
+        deadline = time.monotonic() + 60  # discovery's list and inspects come back through the delay
+        while "Docker API state changed state=connected" not in shipper.log_text():
+            assert time.monotonic() < deadline, shipper.log_text()[-3000:]
+            time.sleep(0.1)
+        names = []
+        for i in range(10):
+            c = run_container(f"sh -c 'for k in 1 2 3 4 5; do echo r{i}-line$k; done'", labels=shipper.labels,
+                              auto_remove=True)
+            names.append(c.name)
+        evs = shipper.wait_for(lambda e: len(e) >= 50, timeout=60, what="50 events from 10 removed containers")
+        for i, name in enumerate(names):
+            assert messages_of(evs, name) == [f"r{i}-line{k}" for k in range(1, 6)], name
+        log = shipper.log_text()
+        assert log.count("reading a json-file log held open since dockerd created it") >= 1
+        assert "gone_before_read" not in log
+        assert shipper.stop() == 0
+    finally:
+        slow.close()

@@ -46,6 +46,7 @@ from shipper.sources.jsonfile.rotation import (
     find_resume,
     fingerprint,
     first_time,
+    held_chain,
     json_log_path,
     last_time,
     log_limits,
@@ -281,7 +282,14 @@ class JsonFileSource(_Parser, LogSource):
         delay = _MIN_IDLE
         while True:
             chain = open_chain(self.path)
+            keeper = self.ctx.keeper
             if chain:
+                if keeper is not None:
+                    keeper.release(self.path)
+                break
+            if keeper is not None and (chain := held_chain(keeper.take(self.path))):
+                log.info("reading a json-file log held open since dockerd created it container=%s path=%s "
+                         "(it was deleted before this reader started)", self._label, self.path)
                 break
             if self._closing:
                 return False

@@ -90,6 +90,15 @@ def _open(name: str) -> _LogFile | None:
     return _LogFile(fd, st.st_dev, st.st_ino)
 
 
+def held_chain(fds: list[int]) -> list[_LogFile]:
+    """Files opened earlier (by the log keeper), oldest first, as `open_chain` gives them."""
+    out = []
+    for fd in fds:
+        st = os.fstat(fd)
+        out.append(_LogFile(fd, st.st_dev, st.st_ino))
+    return out
+
+
 def json_log_path(info: ContainerInfo, data_root: str) -> str:
     """Where dockerd keeps a container's json-file log (inspect's LogPath when discovery had it)."""
     cid = info.meta.id

@@ -29,7 +29,19 @@ fi
 
 extras="fast"
 [ $want_tests = 1 ] && extras="fast,kafka,test"
-python3 -m pip install -q --disable-pip-version-check -e "$here[$extras]" 2>&1 | grep -v -e "^WARNING: Running pip as" -e "is ignored: it is neither" >&2 || true
+pip_() { python3 -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v -e "^WARNING: Running pip as" -e "is ignored: it is neither" >&2 || true; }
+# The per-entry hot path compiled with mypyc (setup.py) when a C compiler is there: SHIPPER_COMPILE=1 asks for
+# it (and fails without a compiler), 0 installs pure Python, unset compiles if it can.
+compile=${SHIPPER_COMPILE:-}
+[ -z "$compile" ] && { command -v cc >/dev/null 2>&1 && compile=1 || compile=0; }
+if [ "$compile" = 1 ]; then
+  command -v cc >/dev/null 2>&1 || { echo "setup: SHIPPER_COMPILE=1 needs a C compiler (apt-get install gcc)" >&2; exit 1; }
+  pip_ setuptools wheel "mypy>=1.10"
+  SHIPPER_COMPILE=1 pip_ --no-build-isolation -e "$here[$extras]"
+else
+  pip_ -e "$here[$extras]"
+fi
+echo "setup: shipper installed, hot path $(cd / && python3 -c 'import shipper; print("compiled" if shipper.compiled() else "pure Python")')" >&2
 
 # Docker: start dockerd if nothing answers on the socket (a CI machine runs no init system).
 sock=/var/run/docker.sock

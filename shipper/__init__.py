@@ -1,3 +1,10 @@
 """shipper: a log shipper for Docker hosts."""
 
 __version__ = "0.1.0"
+
+
+def compiled() -> bool:
+    """Whether the per-entry hot path runs compiled (the build with SHIPPER_COMPILE=1) or as pure Python."""
+    from shipper.transforms import assemble
+
+    return not (assemble.__file__ or "").endswith(".py")

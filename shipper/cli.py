@@ -11,7 +11,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from shipper import __version__
+from shipper import __version__, compiled
 from shipper.config import ENV_PREFIX, Config, config_path, load
 from shipper.errors import ConfigError
 
@@ -103,8 +103,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                      if sc.type == "file" else "")
             log.info("sink %s type=%s%s", name, sc.type, where)
         source = cfg.docker.resolved_host() if cfg.docker.discovery.value == "api" else cfg.docker.data_root
-        log.info("shipper %s starting: docker=%s discovery=%s read=%s state=%s buffer=%s", __version__, source,
-                 cfg.docker.discovery.value, cfg.docker.read.value, app.state_dir, cfg.buffer.type.value)
+        log.info("shipper %s starting: docker=%s discovery=%s read=%s state=%s buffer=%s hot_path=%s", __version__,
+                 source, cfg.docker.discovery.value, cfg.docker.read.value, app.state_dir, cfg.buffer.type.value,
+                 "compiled" if compiled() else "python")
         run_async(app.run())
     except ConfigError as e:  # found at start, after the checks above (a file removed since): no traceback
         print(f"shipper: cannot start: config error: {e}", file=sys.stderr)

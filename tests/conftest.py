@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import io
 import os
 import shutil
+import sys
 import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+class _PurePython(importlib.abc.MetaPathFinder):
+    """SHIPPER_PURE_PYTHON=1: the compiled hot-path modules are imported from their .py instead, so the
+    fallback that a build without SHIPPER_COMPILE installs is tested too, on the same checkout."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name not in PURE_MODULES:
+            return None
+        source = Path(__file__).resolve().parents[1] / (name.replace(".", "/") + ".py")
+        return importlib.util.spec_from_file_location(name, source)
+
+
+PURE_MODULES = {"shipper.transforms.assemble"}
+if os.environ.get("SHIPPER_PURE_PYTHON") == "1":
+    sys.meta_path.insert(0, _PurePython())
 TEST_IMAGE = "shipper-test:busybox"
 TEST_LABEL = "shipper.test"
 SESSION = uuid.uuid4().hex[:12]  # this pytest run's containers carry it, so teardown removes only those

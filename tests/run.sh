@@ -3,7 +3,12 @@
 # Extra arguments go to pytest, e.g. `bash tests/run.sh tests/unit -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export SHIPPER_COMPILE=${SHIPPER_COMPILE:-1}  # the suite runs the compiled hot path (tests/unit/test_build.py checks)
 bash deploy/setup.sh --test
 python3 -m ruff check shipper tests benchmarks
 python3 -m mypy
+if [ $# = 0 ]; then  # the compiled modules' pure-Python fallback, through their own unit tests
+  SHIPPER_PURE_PYTHON=1 python3 -m pytest -q -p no:cacheprovider tests/unit/test_build.py tests/unit/transforms \
+    tests/unit/sources
+fi
 exec python3 -m pytest -ra -p no:cacheprovider "${@:-tests}"

@@ -155,7 +155,8 @@ HELP: dict[str, Spec | str] = {
                                             "config; the running one kept).", "result"),
     "shipper_event_loop_lag_seconds": histogram("How late the event loop woke a timer: its lag, measured every "
                                                 "0.25 s.", buckets=LATENCY_BUCKETS),
-    "shipper_build_info": gauge("Always 1; the version is a label.", "version"),
+    "shipper_build_info": gauge("Always 1; the version, and whether the hot path is compiled, are labels.",
+                                "version", "compiled"),
     # --- the Docker daemon ---
     "shipper_docker_reconnects_total": counter("Times the Docker event stream (where=events) or a log stream "
                                                "(where=logs) was reconnected.", "where", where="events"),

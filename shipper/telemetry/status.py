@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shipper import __version__
+from shipper import __version__, compiled
 from shipper.timefmt import parse_ns
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class Status:
         self.paused_since = 0.0  # monotonic, 0 while reading flows
         self.pause_reason = ""
         self._labelled: dict[str, str] = {}  # container id -> the label its lag gauges carry
-        self.metrics.set("shipper_build_info", 1, version=__version__)
+        self.metrics.set("shipper_build_info", 1, version=__version__, compiled=str(compiled()).lower())
         self.metrics.set("shipper_buffer_max_bytes", app.config.buffer.limit_bytes)
 
     # --- called by the pipeline (per batch or per request) -----------------------------------------------
@@ -290,7 +290,7 @@ class Status:
         watch = getattr(app, "docker_watch", None)
         healthy, reasons = self.health()
         return {
-            "version": __version__, "time": _iso(time.time()), "started": _iso(self.started_at),
+            "version": __version__, "compiled": compiled(), "time": _iso(time.time()), "started": _iso(self.started_at),
             "healthy": healthy, "problems": reasons,
             "containers": sorted(self.containers().values(), key=lambda c: c["name"]),
             "waiting_inspect": {cid[:12]: p.info.meta.name for cid, p in app.pending.items()},

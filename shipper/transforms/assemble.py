@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from shipper.config import Config, JsonMode, MultilineMode
@@ -132,14 +132,18 @@ class LineAssembler:
         self._json_unparsed = 0
         self._streams: dict[str, _Stream] = {"stdout": _Stream("stdout"), "stderr": _Stream("stderr")}
         self._skip: dict[str, Any] = {}
+        # The reader's entry point, an attribute rather than a method so that `skip_before` can swap in the
+        # skipping path for the first entries after a restart and the fast path pays no check per entry
+        # (and so that the compiled build, whose methods cannot be replaced on an instance, does the same).
+        self.add: Callable[[str, str, str, Position], None] = self._add
 
     # --- the reader's interface ------------------------------------------------------------------------
 
-    def add(self, timestamp: str, stream: str, text: str, position: Position) -> None:
-        """One Docker log entry as stored: `text` ending in "\n" (or "\r\n") completes a line, without it
-        the entry is a partial that the stream's next entry continues. `position` is where the entry starts
-        (file offset or timestamp). Completed events land in `out`; in mode "auto" a plain line is held
-        until the stream's next line (it may head a stack trace) or until `flush_expired`."""
+    def _add(self, timestamp: str, stream: str, text: str, position: Position) -> None:
+        """`add` (see __init__): one Docker log entry as stored: `text` ending in "\n" (or "\r\n") completes a
+        line, without it the entry is a partial that the stream's next entry continues. `position` is where
+        the entry starts (file offset or timestamp). Completed events land in `out`; in mode "auto" a plain
+        line is held until the stream's next line (it may head a stack trace) or until `flush_expired`."""
         st = self._streams.get(stream)
         if st is None:
             st = self._streams[stream] = _Stream(stream)
@@ -258,7 +262,7 @@ class LineAssembler:
         were shipped before the restart). Call before the first `add`."""
         self._skip = {s: position_key(p) for s, p in positions.items()}
         if self._skip:
-            self.add = self._add_skipping  # type: ignore[method-assign]
+            self.add = self._add_skipping
 
     def flush_expired(self, now: float) -> None:
         """Ship multi-line groups that got no line for more than `flush_timeout_secs` (`now`: monotonic)."""
@@ -298,8 +302,8 @@ class LineAssembler:
                 return
             del skip[stream]
             if not skip:
-                del self.add  # back to the class's fast path
-        LineAssembler.add(self, timestamp, stream, text, position)
+                self.add = self._add  # back to the fast path
+        self._add(timestamp, stream, text, position)
 
     def _add_slow(self, st: _Stream, ts: str, text: str, pos: Position) -> None:
         if not text:

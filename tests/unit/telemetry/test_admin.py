@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import shipper
 from shipper.app import App
 from shipper.config import load_dict
 from shipper.errors import ConfigError
@@ -74,7 +75,8 @@ async def test_metrics_parse_and_status_document(served: tuple[App, str]) -> Non
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("shipper_events_read_total", (("container", "c1"),))] == 2_000_001
-    assert samples[("shipper_build_info", (("version", "0.1.0"),))] == 1
+    compiled = str(shipper.compiled()).lower()
+    assert samples[("shipper_build_info", (("compiled", compiled), ("version", "0.1.0")))] == 1
     assert ("process_resident_memory_bytes", ()) in samples
     status, text = await get(base + "/status", "s3cret")
     assert status == 200 and "\"healthy\": false" in text and "\"buffer\"" in text

@@ -91,6 +91,8 @@ class JsonFileSource(_Parser, LogSource):
         self._chunk = cfg.input.read_chunk_bytes
         self._batch_max = cfg.input.batch_max_events
         self._poll_max = max(cfg.docker.poll_interval_secs, _MIN_IDLE)
+        self._coalesce = cfg.docker.read_coalesce_secs
+        self._reads = 0  # reads that returned data, so the poll restarts at its shortest after progress
         self._cur: _LogFile | None = None
         self._queue: deque[_LogFile] = deque()  # newer files, oldest first, already open
         self._next_gen = 0
@@ -134,15 +136,18 @@ class JsonFileSource(_Parser, LogSource):
 
     def _start_watch(self) -> None:
         if self._watch is None:
-            self._watch = _Inotify.watch(os.path.dirname(self.path), self._changed)
+            self._watch = _Inotify.watch(os.path.dirname(self.path), self._changed, self._coalesce)
             if self._watch is not None:
                 self._watch[0].count_creates(self._watch[1], self._live_name)
                 self._unsettled = True  # the count's baseline, at the first quiet look
 
-    def _changed(self) -> None:
-        """inotify: the folder changed. Open a new live file at once, even while a push is waiting."""
+    def _changed(self, entries: bool = True) -> None:
+        """inotify: the folder's entries changed (a rotation: open the new live file at once, even while a
+        push is waiting), or with `entries` False the log was written to: wake the reader, nothing more
+        (writes come at most every `read_coalesce_secs`, see inotify.py, and a busy or blocked reader reads
+        them when it gets to them)."""
         self._wake.set()
-        if self._cur is not None and self._cur.fd >= 0:
+        if entries and self._cur is not None and self._cur.fd >= 0:
             try:
                 self._look()
             except OSError as e:
@@ -151,7 +156,12 @@ class JsonFileSource(_Parser, LogSource):
     # --- the loop --------------------------------------------------------------------------------------
 
     async def _follow(self) -> None:
+        """Read passes: a pass reads until the live file's end as of now, then the reader waits to be woken.
+        A read shorter than a chunk is that end: the few lines written since are left to the next wake-up
+        (at most every `read_coalesce_secs`) instead of being read one by one as they come, which would spin
+        the reader at the writer's pace on the cores the writer and dockerd need."""
         delay = 0.0
+        reads = 0
         monotonic = time.monotonic
         while True:
             at_end = self._pump()
@@ -177,7 +187,11 @@ class JsonFileSource(_Parser, LogSource):
                     return
             elif self._asm.out:
                 await self._emit()
-            delay = min(max(delay * 2, _MIN_IDLE), self._poll_max)
+            # the poll is a fallback: with inotify it waits at least the floor, after a pass that read data
+            # as after one that did not
+            first = max(_MIN_IDLE, self._coalesce) if self._watch is not None else _MIN_IDLE
+            delay = min(first if self._reads != reads else max(delay * 2, first), self._poll_max)
+            reads = self._reads
             await self._idle(delay)
 
     async def _idle(self, delay: float) -> None:
@@ -200,9 +214,11 @@ class JsonFileSource(_Parser, LogSource):
                     self._truncated(os.fstat(cur.fd).st_size)
                     return False
             self._offset += len(data)
+            self._reads += 1
             self._parse(data)
             self._look()
-            return False
+            # a short read of the live file is its end as of now, unless a newer file turned up meanwhile
+            return not had_next and len(data) < self._chunk and not self._queue
         if had_next:
             # dockerd never writes to a file after creating its successor, and the successor was known
             # before this read: the file is complete.

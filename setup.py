@@ -5,18 +5,23 @@ without that variable installs. Everything else about the package is in pyprojec
     SHIPPER_COMPILE=1 pip install --no-build-isolation .    (needs mypy and a C compiler)
 """
 
+import ast
 import os
+import re
+from pathlib import Path
 
 from setuptools import setup
 
-# Modules that take part in every json-file entry, compiled; kept free of what mypyc refuses (a method
-# replaced on an instance, a compiled class subclassed by an interpreted one).
-HOT_PATH = ["shipper/transforms/assemble.py"]
+# The modules that take part in every json-file entry (shipper.HOT_PATH), compiled as one group: kept free of
+# what mypyc refuses (a method replaced on an instance, a compiled class subclassed by an interpreted one).
+_INIT = (Path(__file__).parent / "shipper" / "__init__.py").read_text()
+HOT_PATH = [name.replace(".", "/") + ".py"
+            for name in ast.literal_eval(re.search(r"^HOT_PATH = (\(.*?\))$", _INIT, re.M | re.S).group(1))]
 
 ext_modules = []
 if os.environ.get("SHIPPER_COMPILE") == "1":
     from mypyc.build import mypycify
 
-    ext_modules = mypycify(HOT_PATH, opt_level="3")
+    ext_modules = mypycify(HOT_PATH, opt_level="3", group_name="shipper._hot_path")
 
 setup(ext_modules=ext_modules)

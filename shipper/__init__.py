@@ -2,6 +2,9 @@
 
 __version__ = "0.1.0"
 
+# What the compiled build compiles (setup.py, SHIPPER_COMPILE=1): what every json-file entry goes through.
+HOT_PATH = ("shipper.transforms.assemble", "shipper.sources.jsonfile.lines")
+
 
 def compiled() -> bool:
     """Whether the per-entry hot path runs compiled (the build with SHIPPER_COMPILE=1) or as pure Python."""

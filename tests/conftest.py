@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+import shipper
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -32,7 +34,7 @@ class _PurePython(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(name, source)
 
 
-PURE_MODULES = {"shipper.transforms.assemble"}
+PURE_MODULES = set(shipper.HOT_PATH)
 if os.environ.get("SHIPPER_PURE_PYTHON") == "1":
     sys.meta_path.insert(0, _PurePython())
 TEST_IMAGE = "shipper-test:busybox"

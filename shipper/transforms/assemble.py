@@ -135,15 +135,16 @@ class LineAssembler:
         # The reader's entry point, an attribute rather than a method so that `skip_before` can swap in the
         # skipping path for the first entries after a restart and the fast path pays no check per entry
         # (and so that the compiled build, whose methods cannot be replaced on an instance, does the same).
-        self.add: Callable[[str, str, str, Position], None] = self._add
+        self.add: Callable[[str, str, str, Position], None] = self.add_entry
 
     # --- the reader's interface ------------------------------------------------------------------------
 
-    def _add(self, timestamp: str, stream: str, text: str, position: Position) -> None:
-        """`add` (see __init__): one Docker log entry as stored: `text` ending in "\n" (or "\r\n") completes a
-        line, without it the entry is a partial that the stream's next entry continues. `position` is where
-        the entry starts (file offset or timestamp). Completed events land in `out`; in mode "auto" a plain
-        line is held until the stream's next line (it may head a stack trace) or until `flush_expired`."""
+    def add_entry(self, timestamp: str, stream: str, text: str, position: Position) -> None:
+        """`add` when no entry is to be skipped (see __init__): one Docker log entry as stored: `text`
+        ending in "\n" (or "\r\n") completes a line, without it the entry is a partial that the stream's next
+        entry continues. `position` is where the entry starts (file offset or timestamp). Completed events
+        land in `out`; in mode "auto" a plain line is held until the stream's next line (it may head a stack
+        trace) or until `flush_expired`."""
         st = self._streams.get(stream)
         if st is None:
             st = self._streams[stream] = _Stream(stream)
@@ -257,6 +258,10 @@ class LineAssembler:
             out[name] = st.pos if st.state else st.ppos if st.parts is not None else current
         return out
 
+    def skipping(self) -> bool:
+        """Entries before a restart's positions are still being skipped: `add` is not `add_entry`."""
+        return bool(self._skip)
+
     def skip_before(self, positions: Mapping[str, Position]) -> None:
         """After a restart from min(`positions`): drop each stream's entries before its own position (they
         were shipped before the restart). Call before the first `add`."""
@@ -302,8 +307,8 @@ class LineAssembler:
                 return
             del skip[stream]
             if not skip:
-                self.add = self._add  # back to the fast path
-        self._add(timestamp, stream, text, position)
+                self.add = self.add_entry  # back to the fast path
+        self.add_entry(timestamp, stream, text, position)
 
     def _add_slow(self, st: _Stream, ts: str, text: str, pos: Position) -> None:
         if not text:

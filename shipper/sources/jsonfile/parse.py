@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 
 from shipper.sources.base import SourceContext
+from shipper.sources.jsonfile.lines import BAD, feed
 from shipper.telemetry import events
 from shipper.transforms.assemble import LineAssembler
 
 # dockerd writes at most 16 KiB of text per entry; JSON escaping can grow that 6-fold, plus the keys and
 # attributes. A longer line is not an entry dockerd wrote: it is skipped without being held in memory whole.
 MAX_ENTRY_BYTES = 256 * 1024
-_BAD = (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, IndexError)
 # the path is checked for a new live file after this many lines: a 64 KiB file rotates in ~2 ms in a burst,
 # and a file must be opened before max-file rotations delete it
 _LOOK_EVERY = 256
@@ -69,20 +69,11 @@ class _Parser:
         if len(data) > MAX_ENTRY_BYTES and lines and max(map(len, lines)) > MAX_ENTRY_BYTES:
             self._parse_careful(lines, pos)
         else:
-            add = self._asm.add
-            loads = orjson.loads
             n = len(lines)
             for start in range(0, n, _LOOK_EVERY):
                 if start:
                     self._look()
-                for line in lines[start:start + _LOOK_EVERY] if n > _LOOK_EVERY else lines:
-                    try:
-                        d = loads(line)
-                        add(d["time"] + "", d["stream"] + "", d["log"] + "", pos)  # + "": str or TypeError
-                    except _BAD:
-                        if not self._bad(line, pos):
-                            raise
-                    pos += len(line) + 1
+                pos = feed(self._asm, lines[start:start + _LOOK_EVERY] if n > _LOOK_EVERY else lines, pos, self._bad)
         self._consumed += len(data) - len(tail)
         if len(tail) > MAX_ENTRY_BYTES:
             self._skip = len(tail)
@@ -98,7 +89,7 @@ class _Parser:
             else:
                 try:
                     self._add(orjson.loads(line), pos)
-                except _BAD:
+                except BAD:
                     if not self._bad(line, pos):
                         raise
             pos += len(line) + 1

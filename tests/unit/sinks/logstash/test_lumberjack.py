@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import zlib
 
 import pytest
@@ -20,10 +21,12 @@ from shipper.sinks.logstash.lumberjack import (
     decode_frames,
     deflate,
     encode_window,
+    isal_level,
     json_frames,
     parse_ack,
     window_frame,
 )
+from tests.conftest import IN_CI
 
 
 def test_frame_constants() -> None:
@@ -49,7 +52,7 @@ def test_plain_window() -> None:
 
 def test_compressed_window() -> None:
     """The frames around the zlib data are exact; the zlib data itself depends on the deflater installed
-    (zlib or zlib-ng): any inflater must read it back to exactly the json frames."""
+    (isal, zlib-ng or zlib): any inflater must read it back to exactly the json frames."""
     docs = [b'{"n":1}', b'{"n":2}']
     frames = b"2J\x00\x00\x00\x01\x00\x00\x00\x07" b'{"n":1}' b"2J\x00\x00\x00\x02\x00\x00\x00\x07" b'{"n":2}'
     data = deflate(frames, 3)
@@ -59,13 +62,20 @@ def test_compressed_window() -> None:
     assert zlib.decompress(compressed_frame(frames, 9)[6:]) == frames
 
 
-def test_the_faster_deflater_is_zlib_ng_when_installed() -> None:
-    try:
-        import zlib_ng  # noqa: F401
-    except ImportError:
-        assert DEFLATE_BACKEND == "zlib"
-    else:
-        assert DEFLATE_BACKEND == "zlib-ng"
+def test_the_fastest_deflater_installed_is_used() -> None:
+    """isal, else zlib-ng, else zlib; CI installs the `fast` extra, so isal."""
+    found = [name for name, module in (("isal", "isal"), ("zlib-ng", "zlib_ng"))
+             if importlib.util.find_spec(module) is not None]
+    assert (found[0] if found else "zlib") == DEFLATE_BACKEND
+    if IN_CI:
+        assert DEFLATE_BACKEND == "isal"
+
+
+@pytest.mark.parametrize("level", range(10))
+def test_every_level_gives_what_any_inflater_reads(level: int) -> None:
+    frames = json_frames([b'{"n":%d,"m":"%s"}' % (i, b"x" * (i % 50)) for i in range(500)])
+    assert zlib.decompress(deflate(frames, level)) == frames
+    assert [isal_level(n) for n in range(10)] == [0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
 def test_multibyte_documents_are_counted_in_bytes() -> None:

@@ -58,18 +58,23 @@ def test_containers_before_and_after_start_with_metadata(shipper: Shipper, run_c
     assert shipper.stop() == 0
 
 
-def test_fifty_short_lived_containers(shipper: Shipper, run_container) -> None:  # type: ignore[no-untyped-def]
-    shipper.start()
-    time.sleep(1.0)  # let discovery subscribe to events
+def run_brief(shipper: Shipper, run_container, n: int, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    """`n` containers run with --rm, 5 lines each: every line arrives, once, under its container's name."""
     names = []
-    for i in range(50):
+    for i in range(n):
         c = run_container(f"sh -c 'for k in 1 2 3 4 5; do echo c{i}-line$k; done'", labels=shipper.labels,
                           auto_remove=True)
         names.append(c.name)
-    evs = shipper.wait_for(lambda e: len(e) >= 250, timeout=90, what="250 events from 50 containers")
+    evs = shipper.wait_for(lambda e: len(e) >= 5 * n, timeout=timeout, what=f"{5 * n} events from {n} containers")
     for i, name in enumerate(names):
         assert messages_of(evs, name) == [f"c{i}-line{k}" for k in range(1, 6)], name
-    assert len(evs) == 250
+    assert len(evs) == 5 * n
+
+
+def test_fifty_short_lived_containers(shipper: Shipper, run_container) -> None:  # type: ignore[no-untyped-def]
+    shipper.start()
+    time.sleep(1.0)  # let discovery subscribe to events
+    run_brief(shipper, run_container, 50, timeout=90)
     assert shipper.stop() == 0
 
 
@@ -280,14 +285,7 @@ def test_containers_removed_before_their_start_event_came_are_read_whole(tmp_pat
         while "Docker API state changed state=connected" not in shipper.log_text():
             assert time.monotonic() < deadline, shipper.log_text()[-3000:]
             time.sleep(0.1)
-        names = []
-        for i in range(10):
-            c = run_container(f"sh -c 'for k in 1 2 3 4 5; do echo r{i}-line$k; done'", labels=shipper.labels,
-                              auto_remove=True)
-            names.append(c.name)
-        evs = shipper.wait_for(lambda e: len(e) >= 50, timeout=60, what="50 events from 10 removed containers")
-        for i, name in enumerate(names):
-            assert messages_of(evs, name) == [f"r{i}-line{k}" for k in range(1, 6)], name
+        run_brief(shipper, run_container, 10, timeout=60)
         log = shipper.log_text()
         assert log.count("reading a json-file log held open since dockerd created it") >= 1
         assert "gone_before_read" not in log

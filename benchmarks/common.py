@@ -60,3 +60,32 @@ def print_medians(results: list[dict[str, Any]], rows: list[Row], width: int = 2
     for name, f, fmt in rows:
         value = statistics.median(f(r) for r in results)
         print(f"| {name:<{width}} | {format(value, fmt):>12} |")
+
+
+def run_interleaved(kinds: list[str], runs: int, one_run: Callable[[str], dict[str, float]]
+                    ) -> dict[str, list[dict[str, float]]]:
+    """`runs` rounds of every kind in turn, so that a slower minute of the machine hits every kind alike."""
+    results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    for run in range(runs):
+        for kind in kinds:
+            r = one_run(kind)
+            results[kind].append(r)
+            print(f"run {run + 1} {kind}: {r['entries'] / r['wall']:,.0f} entries/s, {r['cpu']:.2f} CPU s, "
+                  f"{r['rss_mib']:.0f} MiB, events={r['events']:.0f}", file=sys.stderr)
+    return results
+
+
+def kinds_table(results: dict[str, list[dict[str, float]]], base: str, per: str = "events") -> None:
+    """One row a kind: medians of `per`/s, CPU s per million `per`, peak RSS, and the rate against `base`."""
+    def med(kind: str, f: Callable[[dict[str, float]], float]) -> float:
+        return statistics.median(f(r) for r in results[kind])
+
+    rate = {k: med(k, lambda r: r[per] / r["wall"]) for k in results}
+    print(f"| {'sink':<12} | {per + '/s':>12} | {'CPU s per M ' + per:>20} | {'peak RSS MiB':>12} | "
+          f"{'vs ' + base:>9} |")
+    print(f"|{'-' * 14}|{'-' * 14}|{'-' * 22}|{'-' * 14}|{'-' * 11}|")
+    for k in results:
+        cpu = med(k, lambda r: r["cpu"] / max(r[per], 1) * 1e6)
+        rss = med(k, lambda r: r["rss_mib"])
+        share = f"{rate[k] / rate[base]:.0%}" if rate.get(base) else "-"
+        print(f"| {k:<12} | {rate[k]:>12,.0f} | {cpu:>20.2f} | {rss:>12.0f} | {share:>9} |")

@@ -25,17 +25,15 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import add_workload_args, run_daemon, workload  # noqa: E402  (beside this script)
+from common import add_workload_args, kinds_table, run_daemon, run_interleaved, workload  # noqa: E402
 from pipeline_bench import bench_config  # noqa: E402
 
 NULL_SECTION = '[sinks.null]\ntype = "null"\n'
@@ -153,33 +151,15 @@ def run_all(a: argparse.Namespace, work: Path) -> None:
     w = workload(a, work)
     data, entries = w.data, w.entries
     kinds = a.kinds.split(",")
-    results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-    for run in range(a.runs):
-        for kind in kinds:  # interleaved, so a slower minute of the machine hits every kind alike
-            r = one_run(kind, data, work, entries, a.timeout, a.keep, a.sink_keys.replace(';', '\n') + '\n')
-            results[kind].append(r)
-            print(f"run {run + 1} {kind}: {r['events'] / r['wall']:,.0f} events/s, {r['cpu']:.2f} CPU s, "
-                  f"events={r['events']:.0f}", file=sys.stderr)
-
-    def med(kind: str, f: Callable[[dict[str, float]], float]) -> float:
-        return statistics.median(f(r) for r in results[kind])
-
-    rate = {k: med(k, lambda r: r["events"] / r["wall"]) for k in kinds}
-    base = rate.get("null", 0.0)
+    extra = a.sink_keys.replace(';', '\n') + '\n'
+    results = run_interleaved(kinds, a.runs, lambda kind: one_run(kind, data, work, entries, a.timeout, a.keep,
+                                                                   extra))
     sys.path.insert(0, str(HERE.parent))
     from shipper.sinks.logstash.lumberjack import DEFLATE_BACKEND
 
     print(f"\nshipper Logstash benchmark: {entries:,} json-file entries, {a.containers} containers, memory buffer, "
           f"beats windows deflated by {DEFLATE_BACKEND}, median of {a.runs} runs")
-    print(f"| {'sink':<12} | {'events/s':>10} | {'CPU s per M events':>18} | {'peak RSS MiB':>12} | "
-          f"{'vs null':>7} |")
-    print(f"|{'-' * 14}|{'-' * 12}|{'-' * 20}|{'-' * 14}|{'-' * 9}|")
-    for k in kinds:
-        cpu = med(k, lambda r: r["cpu"] / max(r["events"], 1) * 1e6)
-        rss = med(k, lambda r: r["rss_mib"])
-        share = f"{rate[k] / base:.0%}" if base else "-"
-        print(f"| {k:<12} | {rate[k]:>10,.0f} | {cpu:>18.2f} | {rss:>12.0f} | {share:>7} |")
-
+    kinds_table(results, "null")
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,14 @@ pkgs="docker.io"
 [ $want_tests = 1 ] && pkgs="$pkgs chromium prometheus"
 # the image test makes its Debian base with debootstrap; the unit file test runs systemd-analyze
 [ $want_tests = 1 ] && pkgs="$pkgs debootstrap systemd"
+# SHIPPER_COMPILE=1 (tests/run.sh sets it): the hot path compiled with mypyc, which needs a C compiler and
+# Python's headers; 0: pure Python; unset: compiled when a compiler is there already.
+compile=${SHIPPER_COMPILE:-}
+[ -z "$compile" ] && { command -v cc >/dev/null 2>&1 && compile=1 || compile=0; }
+if [ "$compile" = 1 ]; then
+  command -v cc >/dev/null 2>&1 || pkgs="$pkgs gcc"
+  [ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || pkgs="$pkgs python3-dev"
+fi
 missing=""
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in $pkgs; do installed "$p" || missing="$missing $p"; done
@@ -30,12 +38,7 @@ fi
 extras="fast"
 [ $want_tests = 1 ] && extras="fast,kafka,test"
 pip_() { python3 -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v -e "^WARNING: Running pip as" -e "is ignored: it is neither" >&2 || true; }
-# The per-entry hot path compiled with mypyc (setup.py) when a C compiler is there: SHIPPER_COMPILE=1 asks for
-# it (and fails without a compiler), 0 installs pure Python, unset compiles if it can.
-compile=${SHIPPER_COMPILE:-}
-[ -z "$compile" ] && { command -v cc >/dev/null 2>&1 && compile=1 || compile=0; }
-if [ "$compile" = 1 ]; then
-  command -v cc >/dev/null 2>&1 || { echo "setup: SHIPPER_COMPILE=1 needs a C compiler (apt-get install gcc)" >&2; exit 1; }
+if [ "$compile" = 1 ]; then  # the per-entry hot path compiled with mypyc (setup.py)
   pip_ setuptools wheel "mypy>=1.10"
   SHIPPER_COMPILE=1 pip_ --no-build-isolation -e "$here[$extras]"
 else

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from shipper.buffer.record import decode_record, encode_record
+from shipper.deflate import InflateError, deflate, inflate
 from shipper.errors import SpoolCorrupt
 from shipper.event import Batch, Event
 from shipper.timefmt import parse_ns, second_ns
@@ -116,7 +117,7 @@ def encode(seq: int, push_ns: int, batch: Batch, compress: bool = False) -> byte
     payload = encode_record(batch)
     flags = 0
     if compress:
-        payload = zlib.compress(payload, 1)
+        payload = deflate(payload, 1)
         flags = FLAG_ZLIB
     return encode_header(seq, push_ns, batch, payload, flags) + payload
 
@@ -142,7 +143,7 @@ def read_record(buf: Buf, off: int, end: int, min_seq: int = 0) -> RecordHeader 
 
 
 def decode_payload(hdr: RecordHeader, payload: bytes | memoryview) -> Batch:
-    data = zlib.decompress(payload) if hdr.flags & FLAG_ZLIB else bytes(payload)
+    data = inflate(bytes(payload)) if hdr.flags & FLAG_ZLIB else bytes(payload)
     return decode_record(data)
 
 
@@ -153,7 +154,7 @@ def decode(buf: bytes, min_seq: int = 0) -> tuple[RecordHeader, Batch]:
         raise SpoolCorrupt("record failed its check")
     try:
         return hdr, decode_payload(hdr, memoryview(buf)[REC_HDR_SIZE:])
-    except (ValueError, TypeError, KeyError, IndexError, zlib.error) as e:  # CRC-valid, yet unreadable
+    except (ValueError, TypeError, KeyError, IndexError, InflateError) as e:  # CRC-valid, yet unreadable
         raise SpoolCorrupt(f"record does not decode: {e!r}") from None
 
 
@@ -324,7 +325,7 @@ class SpoolReader:
                 continue
             try:
                 batch = decode_payload(hdr, memoryview(buf)[off + REC_HDR_SIZE:off + hdr.size])
-            except (ValueError, TypeError, KeyError, IndexError, zlib.error):
+            except (ValueError, TypeError, KeyError, IndexError, InflateError):
                 self.corrupt_records += 1
                 self.corrupt_bytes += hdr.size
                 continue

@@ -135,7 +135,8 @@ class LineAssembler:
         # The reader's entry point, an attribute rather than a method so that `skip_before` can swap in the
         # skipping path for the first entries after a restart and the fast path pays no check per entry
         # (and so that the compiled build, whose methods cannot be replaced on an instance, does the same).
-        self.add: Callable[[str, str, str, Position], None] = self.add_entry
+        self._direct: Callable[[str, str, str, Position], None] = self.add_entry
+        self.add: Callable[[str, str, str, Position], None] = self._direct
 
     # --- the reader's interface ------------------------------------------------------------------------
 
@@ -258,9 +259,10 @@ class LineAssembler:
             out[name] = st.pos if st.state else st.ppos if st.parts is not None else current
         return out
 
-    def skipping(self) -> bool:
-        """Entries before a restart's positions are still being skipped: `add` is not `add_entry`."""
-        return bool(self._skip)
+    def direct(self) -> bool:
+        """`add` is `add_entry` itself (no entries to skip after a restart, nothing wrapped around it), so
+        a caller may call `add_entry` directly."""
+        return self.add is self._direct
 
     def skip_before(self, positions: Mapping[str, Position]) -> None:
         """After a restart from min(`positions`): drop each stream's entries before its own position (they
@@ -307,7 +309,7 @@ class LineAssembler:
                 return
             del skip[stream]
             if not skip:
-                self.add = self.add_entry  # back to the fast path
+                self.add = self._direct  # back to the fast path
         self.add_entry(timestamp, stream, text, position)
 
     def _add_slow(self, st: _Stream, ts: str, text: str, pos: Position) -> None:

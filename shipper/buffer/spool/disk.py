@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import time
-import zlib
 from collections import deque
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from shipper.buffer.spool.index import Mark, _Segment
 from shipper.buffer.spool.recovery import Recovery
 from shipper.buffer.spool.room import Room
 from shipper.config import BufferConfig, FsyncPolicy
+from shipper.deflate import deflate
 from shipper.errors import SpoolError
 from shipper.event import Batch, Checkpoint
 from shipper.telemetry.metrics import Metrics
@@ -133,7 +133,7 @@ class DiskSpool(Room, Durability, Recovery, Reading, Buffer):
         payload = encode_record(batch)
         flags = 0
         if self.config.compression:
-            payload = zlib.compress(payload, 1)
+            payload = deflate(payload, 1)
             flags = fmt.FLAG_ZLIB
         size = fmt.REC_HDR_SIZE + len(payload)
         async with self._write_lock:

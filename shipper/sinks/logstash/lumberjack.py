@@ -17,34 +17,11 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from shipper.deflate import BACKEND, deflate, isal_level  # noqa: F401 - isal_level: the sink's levels
 
-def isal_level(level: int) -> int:
-    """ISA-L has levels 0 to 3: zlib's 1-3 take its 1 (about zlib's 3 in size), 4-6 its 2, 7-9 its 3."""
-    return 0 if level <= 0 else 1 if level <= 3 else 2 if level <= 6 else 3
-
-
-def _deflater() -> tuple[Callable[[bytes, int], bytes], str]:
-    """The fastest zlib-format deflater installed (the `fast` extra brings both): ISA-L (`isal`) deflates the
-    reference mix's windows about 3.5 times as fast as zlib-ng at level 3, within 5% of its size; zlib-ng is
-    about 1.4 times as fast as the standard library's zlib. Any zlib inflater reads what each writes."""
-    try:
-        from isal import isal_zlib
-
-        def isal_deflate(data: bytes, level: int) -> bytes:
-            return bytes(isal_zlib.compress(data, isal_level(level)))
-        return isal_deflate, "isal"
-    except ImportError:  # pragma: no cover - depends on what is installed
-        pass
-    try:
-        from zlib_ng import zlib_ng
-    except ImportError:  # pragma: no cover - depends on what is installed
-        return zlib.compress, "zlib"
-    return zlib_ng.compress, "zlib-ng"
-
-
-deflate, DEFLATE_BACKEND = _deflater()  # any zlib inflater (Logstash's java.util.zip) reads what it writes
+DEFLATE_BACKEND = BACKEND  # any zlib inflater (Logstash's java.util.zip) reads what `deflate` writes
 
 VERSION = b"2"
 FRAME_WINDOW = b"W"

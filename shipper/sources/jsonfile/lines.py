@@ -25,7 +25,7 @@ def feed(asm: LineAssembler, lines: list[bytes], pos: int, bad: Callable[[bytes,
     position after the last. A line the fast path refuses goes to `bad(line, pos)`, which counts and skips
     it, or returns False when the line was fine after all: then the error was ours, and is raised."""
     loads = orjson.loads
-    if asm.skipping():
+    if not asm.direct():
         add = asm.add
         for line in lines:
             try:

@@ -245,7 +245,7 @@ class FsyncPolicy(enum.Enum):
     NEVER = "never"  # leave it to the kernel
 
 
-MEMORY_BUFFER_BYTES = 32 * 1024 * 1024
+MEMORY_BUFFER_BYTES = 16 * 1024 * 1024
 DISK_BUFFER_BYTES = 256 * 1024 * 1024
 MIN_BUFFER_BYTES = 64 * 1024
 
@@ -253,7 +253,7 @@ MIN_BUFFER_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class BufferConfig:
     type: BufferType = doc(BufferType.MEMORY, "'memory' (bounded, lost on crash) or 'disk' (durable spool)")
-    max_bytes: int = doc(0, "most bytes buffered: memory: what the events take in memory (0: 32 MiB); disk: "
+    max_bytes: int = doc(0, "most bytes buffered: memory: what the events take in memory (0: 16 MiB); disk: "
                             "on disk (0: 256 MiB)", low=0, high=2**50)
     max_events: int = doc(200_000, "memory buffer: most events held", low=1, high=100_000_000)
     when_full: WhenFull = doc(WhenFull.BLOCK, "'block' (readers wait; Docker keeps the logs), "
@@ -277,8 +277,9 @@ class BufferConfig:
 
     @property
     def limit_bytes(self) -> int:
-        """max_bytes, or the default for the buffer's type: the memory buffer's default keeps the whole
-        daemon under 100 MB of RSS with any sink; a disk spool rides out a long outage."""
+        """max_bytes, or the default for the buffer's type: the memory buffer's is small, since a smaller one
+        costs no throughput (readers wait sooner; Docker's files hold the rest) and bounds the RSS; a disk
+        spool's rides out a long outage."""
         if self.max_bytes:
             return self.max_bytes
         return MEMORY_BUFFER_BYTES if self.type is BufferType.MEMORY else DISK_BUFFER_BYTES

@@ -175,7 +175,7 @@ def test_sinks_import_without_the_config_sections() -> None:
 
 
 def test_the_buffers_byte_limit_defaults_by_type() -> None:
-    """max_bytes = 0 (the default): 32 MiB of events in memory, 256 MiB of spool on disk; a value wins."""
-    assert load_dict({}).buffer.limit_bytes == 32 * 1024 * 1024
+    """max_bytes = 0 (the default): 16 MiB of events in memory, 256 MiB of spool on disk; a value wins."""
+    assert load_dict({}).buffer.limit_bytes == 16 * 1024 * 1024
     assert load_dict({"buffer": {"type": "disk"}}).buffer.limit_bytes == 256 * 1024 * 1024
     assert load_dict({"buffer": {"type": "disk", "max_bytes": "1GiB"}}).buffer.limit_bytes == 1 << 30

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from setuptools import setup
 
-# The modules that take part in every json-file entry (shipper.HOT_PATH), compiled as one group: kept free of
-# what mypyc refuses (a method replaced on an instance, a compiled class subclassed by an interpreted one).
+# The modules of shipper.HOT_PATH, compiled as one group: kept free of what mypyc refuses (a method replaced
+# on an instance, a compiled class subclassed by an interpreted one).
 _INIT = (Path(__file__).parent / "shipper" / "__init__.py").read_text()
 HOT_PATH = [name.replace(".", "/") + ".py"
             for name in ast.literal_eval(re.search(r"^HOT_PATH = (\(.*?\))$", _INIT, re.M | re.S).group(1))]

@@ -12,9 +12,12 @@ alone    no shipper running
 after    `shipper run` from this checkout (PYTHONPATH; --after TREE for another), started before the container
          and reading it
 before   with --baseline TREE: the same from another source tree, e.g. a clone of the commit before a change
-nice N   with --priority nice:N: the `after` shipper at nice N, as deploy/shipper.service runs it;
-batch N  with --priority batch:N: at nice N with SCHED_BATCH (does not preempt others when it wakes);
-idle     with --priority idle: with SCHED_IDLE (runs only on a CPU nothing else wants)
+SPEC     with --priority SPEC: the `after` shipper at a lower CPU priority, SPEC joining with + any of
+         shares:N (in a cpu cgroup of its own with cpu.shares N: cgroup v1, root; the containers' cgroups
+         have 1024), nice:N, batch (SCHED_BATCH: waking up, it does not preempt the task running) and idle
+         (SCHED_IDLE). deploy/shipper.service: shares:205+nice:10+batch (CPUWeight=20 is 205 shares);
+         deploy/compose.yaml: shares:256. (nice alone says little where the kernel groups tasks by session,
+         sched_autogroup: a nice then only counts against the tasks of the same session.)
 
 Shipper runs its default config but for: discovery = "api", read = "files", a fresh state dir, the
 container's label selected, the null sink, stats every 0.1 s (its `events_sent` says when all is
@@ -28,7 +31,7 @@ catch-up s    from the container's exit to shipper's stats line saying every lin
 shipper CPU   shipper's utime + stime while the container ran, and in all until every line was delivered
 
     python benchmarks/app_cost_bench.py                                    # 200,000 lines, 5 rounds
-    python benchmarks/app_cost_bench.py --runs 7 --baseline /tmp/prev --priority nice:10
+    python benchmarks/app_cost_bench.py --runs 7 --baseline /tmp/prev --priority shares:205+nice:10+batch
     python benchmarks/app_cost_bench.py --workloads fast --lines 100000 --runs 3
 
 Needs a local dockerd (root, or the docker group, and /proc of dockerd readable). Run it under the shared
@@ -72,6 +75,7 @@ class Arm:
     tree: Path | None  # None: no shipper
     nice: int = 0
     policy: int = 0  # os.SCHED_OTHER, os.SCHED_BATCH or os.SCHED_IDLE
+    shares: int = 0  # > 0: in a cpu cgroup of its own with these cpu.shares
 
 
 @dataclass
@@ -147,12 +151,36 @@ def daemons_cpu(pids: list[int]) -> float:
 # --- shipper ---------------------------------------------------------------------------------------------
 
 
-def lower_priority(nice: int, policy: int) -> None:
-    """In the shipper's process before it runs: what deploy/shipper.service sets (Nice=, CPUSchedulingPolicy=)."""
-    if nice:
-        os.nice(nice)
-    if policy != os.SCHED_OTHER:
-        os.sched_setscheduler(0, policy, os.sched_param(0))
+CPU_CGROUP = Path("/sys/fs/cgroup/cpu/appcost-shipper")
+
+
+def lower_priority(arm: Arm) -> None:
+    """In the shipper's process before it runs: what the unit sets (CPUWeight=, Nice=, CPUSchedulingPolicy=)."""
+    if arm.shares:
+        CPU_CGROUP.mkdir(exist_ok=True)
+        (CPU_CGROUP / "cpu.shares").write_text(str(arm.shares))
+        (CPU_CGROUP / "cgroup.procs").write_text(str(os.getpid()))
+    if arm.nice:
+        os.nice(arm.nice)
+    if arm.policy != os.SCHED_OTHER:
+        os.sched_setscheduler(0, arm.policy, os.sched_param(0))
+
+
+def priority_arm(spec: str, tree: Path) -> Arm:
+    """`shares:205+nice:10+batch` -> an arm of the shipper from `tree` at that priority."""
+    nice = shares = 0
+    policy = os.SCHED_OTHER
+    for part in spec.split("+"):
+        kind, _, n = part.partition(":")
+        if kind == "nice":
+            nice = int(n)
+        elif kind == "shares":
+            shares = int(n)
+        elif kind in ("batch", "idle"):
+            policy = os.SCHED_BATCH if kind == "batch" else os.SCHED_IDLE
+        else:
+            raise SystemExit(f"--priority: unknown {part!r} (shares:N, nice:N, batch, idle)")
+    return Arm(spec, tree, nice, policy, shares)
 
 
 def free_port() -> int:
@@ -164,7 +192,7 @@ def free_port() -> int:
 class Shipper:
     """`python -m shipper run` from `tree`, reading the containers labelled `run_id` into the null sink."""
 
-    def __init__(self, work: Path, tree: Path, run_id: str, nice: int, policy: int) -> None:
+    def __init__(self, work: Path, tree: Path, run_id: str, arm: Arm) -> None:
         work.mkdir(parents=True, exist_ok=True)
         self.log = work / "shipper.log"
         config = work / "shipper.toml"
@@ -188,7 +216,7 @@ type = "null"
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shipper", "run", "--config", str(config)], stdout=logf,
                 stderr=subprocess.STDOUT, cwd=work, env=env,
-                preexec_fn=lambda: lower_priority(nice, policy))
+                preexec_fn=lambda: lower_priority(arm))
 
     def sent(self) -> int:
         found = SENT_RE.findall(self.log.read_text(errors="replace")[-4000:])
@@ -228,7 +256,7 @@ def one_run(client: Any, arm: Arm, workload: str, lines: int, rate: int, work: P
     run_id = uuid.uuid4().hex[:10]
     shipper = None
     if arm.tree is not None:
-        shipper = Shipper(work / f"{workload}-{arm.name}-{run_id}", arm.tree, run_id, arm.nice, arm.policy)
+        shipper = Shipper(work / f"{workload}-{arm.name}-{run_id}", arm.tree, run_id, arm)
         shipper.wait_up()
         time.sleep(1.0)  # discovery subscribed, start-up work done
     daemons = [p for p in (pid_of("dockerd"), pid_of("containerd")) if p]
@@ -301,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default="fast,rate", help="fast (as fast as it can), rate (--rate a second)")
     p.add_argument("--runs", type=int, default=5, help="rounds; each runs every arm once (default 5)")
     p.add_argument("--baseline", type=Path, help="also run shipper from this source tree (arm `before`)")
-    p.add_argument("--priority", default="", help="more arms of the `after` shipper at a lower CPU priority: "
-                                                  "nice:N, batch:N, idle (comma-separated)")
+    p.add_argument("--priority", default="", help="more arms of the `after` shipper at a lower CPU priority, "
+                                                  "comma-separated: e.g. shares:205+nice:10+batch,shares:256")
     p.add_argument("--after", type=Path, default=ROOT, help="the source tree of arm `after` (this checkout)")
     p.add_argument("--no-after", action="store_true", help="leave out arm `after`")
     p.add_argument("--timeout", type=float, default=180, help="seconds a container or the catch-up may take")
@@ -311,10 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     arms = [Arm("alone", None)] + ([] if a.no_after else [Arm("after", after)])
     if a.baseline:
         arms.insert(1, Arm("before", a.baseline.resolve()))
-    for spec in filter(None, (x.strip() for x in a.priority.split(","))):
-        kind, _, n = spec.partition(":")
-        policy = {"nice": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}[kind]
-        arms.append(Arm(f"{kind} {n}".strip(), after, int(n or 0), policy))
+    arms += [priority_arm(spec, after) for spec in filter(None, (x.strip() for x in a.priority.split(",")))]
     workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
     client = docker_client()
     runs: list[Run] = []
@@ -329,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {i + 1} {wl:<4} {arm.name:<7} app {r.app_secs:6.2f}s dockerd {r.dockerd_cpu:5.2f}s "
                           f"shim {r.shim_cpu:5.2f}s catch-up {up} delivered {r.delivered:,}",
                           file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):
+        CPU_CGROUP.rmdir()  # empty once its shippers have exited
     print(f"{a.lines:,} lines a run; rate = {a.rate:,} lines/s; medians (min-max) of {a.runs} rounds; "
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
     print(table(runs, arms, workloads, a.lines))

@@ -5,7 +5,8 @@ rotates by renaming: the live file becomes `.1`, `.1` becomes `.2` and so on, th
 deleted, and a new live file is created. The reader therefore tracks files by identity (device and inode),
 never by name, and keeps every file it knows about open: an open descriptor keeps a renamed or deleted file
 readable, so once a file has been seen its data cannot be lost (the approach of Filebeat's harvesters).
-inotify on the folder wakes the reader on every write and rotation (polling is the fallback), and while
+inotify on the folder wakes the reader at once on a rotation and on a write to a quiet log, on further
+writes at most every `read_coalesce_secs` (polling is the fallback), and while
 busy it stat's the path every few hundred lines, so a new live file is opened almost as soon as it appears;
 if dockerd rotates several times between two looks, the files in between are found among `.1 .. .N` by
 identity (one missing name is a rotation under way: the listing goes on past it). Only a file created and

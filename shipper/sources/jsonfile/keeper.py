@@ -20,21 +20,16 @@ import ctypes
 import logging
 import os
 import select
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 
+from shipper.sources.jsonfile.inotify import _EVENT, IN_CLOEXEC, IN_CREATE, IN_IGNORED, IN_MOVED_TO, IN_Q_OVERFLOW
+
 log = logging.getLogger("shipper.sources.jsonfile")
 
-IN_MOVED_TO = 0x80
-IN_CREATE = 0x100
-IN_IGNORED = 0x8000
-IN_Q_OVERFLOW = 0x4000
 IN_ONLYDIR = 0x01000000
 IN_ISDIR = 0x40000000
-IN_CLOEXEC = 0o2000000
-_EVENT = struct.Struct("iIII")
 LOG_SUFFIX = "-json.log"
 
 

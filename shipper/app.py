@@ -30,6 +30,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from shipper.backoff import Backoff
@@ -50,6 +51,7 @@ from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
 from shipper.telemetry.status import Status
 from shipper.transforms.select import Selector
+from shipper.workers import DRAINED_MARK, Shard
 
 if TYPE_CHECKING:
     from shipper.docker.client import DockerClient, Endpoint
@@ -102,11 +104,19 @@ Choice = Literal["files", "api", "wait", "none"]
 
 @dataclass
 class App:
+    """One whole pipeline. Under a supervisor (`[pipeline] workers`), a worker reads only the containers
+    of its `shard`, keeps its state in its own folder, and writes default sink files under `root_dir`; with
+    `drain_only` it reads nothing and stops once every sink has delivered what its spool holds."""
+
     config: Config
     metrics: Metrics = field(default_factory=lambda: Metrics(process=True))
+    shard: Shard | None = None
+    root_dir: Path | None = None  # the configured state dir (a worker's own is a folder under it)
+    drain_only: bool = False
 
     def __post_init__(self) -> None:
         self.state_dir = self.config.state.path
+        self.files_dir: Path = self.root_dir or self.state_dir  # where sinks put their default files
         self.offsets = OffsetStore(self.state_dir)
         self.buffer: Buffer | None = None
         self.runners: dict[str, SinkRunner] = {}
@@ -197,8 +207,9 @@ class App:
     async def run(self) -> None:
         """Run until request_stop(); then shut down in order."""
         make_state_dir(self.state_dir)
-        self._open_docker()
-        self._start_keeper()
+        if not self.drain_only:
+            self._open_docker()
+            self._start_keeper()
         await self._resolve_host_name()
         tune_gc()
         self.offsets.load()
@@ -211,14 +222,17 @@ class App:
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
-            write_pid_file(self.state_dir)  # once SIGHUP is handled: `shipper reload` finds this process by it
+            if self.shard is None:  # a worker's supervisor has the pid file
+                write_pid_file(self.state_dir)  # once SIGHUP is handled: `shipper reload` finds this process by it
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
                 for n, r in self.runners.items():
                     self.sink_tasks[n] = tg.create_task(self._supervised(f"sink:{n}", r.run), name=f"sink:{n}")
-                background = [tg.create_task(self._supervised("discovery", self._discover), name="discovery"),
-                              tg.create_task(self._supervised("offsets", self._save_offsets_periodically),
+                background = [tg.create_task(self._supervised("offsets", self._save_offsets_periodically),
                                              name="offsets")]
+                background.append(tg.create_task(self._supervised("discovery", self._discover), name="discovery")
+                                  if not self.drain_only else
+                                  tg.create_task(self._supervised("drain", self._stop_when_drained), name="drain"))
                 if self.config.telemetry.stats_interval_secs > 0:
                     background.append(tg.create_task(self._supervised("stats", self._log_stats), name="stats"))
                 background.append(tg.create_task(self._supervised("status", self.ops.run), name="status"))
@@ -243,7 +257,8 @@ class App:
                                                               asyncio.current_task())
             stuck.cancel()
         finally:
-            remove_pid_file(self.state_dir)  # before SIGHUP's handler goes: a reload sent later finds no daemon
+            if self.shard is None:
+                remove_pid_file(self.state_dir)  # before SIGHUP's handler goes: a reload sent later finds no daemon
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -289,7 +304,18 @@ class App:
             self.ops.push_ended(batch)
 
     def _safe(self, cp: Checkpoint) -> None:
-        self.offsets.commit(cp)
+        if not self.drain_only:  # a drained spool's containers belong to the workers reading them now
+            self.offsets.commit(cp)
+
+    async def _stop_when_drained(self) -> None:
+        """A drain worker's end: every sink has delivered what the spool held."""
+        while True:
+            await asyncio.sleep(0.5)
+            if self.runners and all(r.cursor is None or not r.cursor.pending() for r in self.runners.values()):
+                await asyncio.to_thread((self.state_dir / DRAINED_MARK).touch, 0o600)
+                log.info("spool drained: every sink has delivered it; stopping")
+                self.request_stop()
+                return
 
     def _make_runners(self) -> None:
         assert self.buffer is not None
@@ -298,7 +324,7 @@ class App:
 
     def _make_runner(self, name: str, sc: SinkBase) -> SinkRunner:
         assert self.buffer is not None
-        sink = sink_class(sc.type)(sc, SinkContext(name, self.state_dir, self.config.host.resolved_name,
+        sink = sink_class(sc.type)(sc, SinkContext(name, self.files_dir, self.config.host.resolved_name,
                                                    self.metrics))
         runner = _TrackedRunner(name, sink, self.buffer.cursor(name), self.metrics)
         runner.on_delivered = self.ops.delivered
@@ -383,7 +409,7 @@ class App:
             return
         from shipper.sources.jsonfile.keeper import LogKeeper
 
-        keeper = LogKeeper(self.config.docker.data_root)
+        keeper = LogKeeper(self.config.docker.data_root, wanted=self.shard.owns if self.shard else None)
         if keeper.start():
             self.keeper = keeper
 
@@ -528,6 +554,8 @@ class App:
 
     def _start_reader(self, info: ContainerInfo) -> None:
         meta = info.meta
+        if self.shard is not None and not self.shard.owns(meta.id):
+            return  # another worker's
         ok, reason = self.selector.decide(meta)
         if meta.id == self.own_id:
             ok, reason = False, "shipper's own container (select.include_self = false)"

@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from shipper import __version__, compiled
@@ -18,8 +19,15 @@ from shipper.errors import ConfigError
 log = logging.getLogger("shipper")
 
 
-def setup_logging(level: str = "info", fmt: str = "text") -> None:
+def setup_logging(level: str = "info", fmt: str = "text", tag: str = "") -> None:
+    """`tag` names a worker in every line it logs (appended to the logger's name)."""
     handler = logging.StreamHandler(sys.stderr)
+    if tag:
+        def tagged(record: logging.LogRecord) -> bool:
+            record.name = f"{record.name}[{tag}]"
+            return True
+
+        handler.addFilter(tagged)
     if fmt == "json":
         from shipper.telemetry.logs import JsonFormatter
 
@@ -90,16 +98,29 @@ def _reread(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_or_exit(args)
+    if args.worker:
+        return _run_worker(args, cfg)
     setup_logging(args.log_level or cfg.telemetry.log_level, cfg.telemetry.log_format)
     _preflight_or_exit(cfg, "cannot start: ")
+    from shipper.workers import orphan_spools
+
+    count = cfg.pipeline.resolved_workers()
+    if count > 1 or (cfg.buffer.type.value == "disk" and orphan_spools(cfg.state.path, 1)):
+        return _run_supervisor(args, cfg, count)
     from shipper.app import App
 
+    return _run_app(args, cfg, App(cfg))
+
+
+def _run_app(args: argparse.Namespace, cfg: Config, app: Any,
+             adapt: Callable[[Config], Config] = lambda c: c) -> int:
+    """Run `app` (a whole pipeline) until it stops; `adapt` makes a config read again by a reload what this
+    process runs on (a worker's own state folder and admin socket)."""
     try:
-        app = App(cfg)
         if str(config_path(args.config)) != "-":  # standard input cannot be read again
-            app.reload_config = lambda: _reread(args)
+            app.reload_config = lambda: adapt(_reread(args))
         for name, sc in cfg.sinks.items():
-            where = (f" writing to {getattr(sc, 'path', '') or app.state_dir / 'events.jsonl'}"
+            where = (f" writing to {getattr(sc, 'path', '') or app.files_dir / 'events.jsonl'}"
                      if sc.type == "file" else "")
             log.info("sink %s type=%s%s", name, sc.type, where)
         source = cfg.docker.resolved_host() if cfg.docker.discovery.value == "api" else cfg.docker.data_root
@@ -111,6 +132,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"shipper: cannot start: config error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_supervisor(args: argparse.Namespace, cfg: Config, count: int) -> int:
+    """`[pipeline] workers` > 1 (or a spool left by more workers to drain): this process supervises."""
+    if str(config_path(args.config)) == "-":
+        print("shipper: cannot start: config error: pipeline.workers: workers read the config file themselves, "
+              "so it cannot come from standard input (give a file, or SHIPPER_* variables)", file=sys.stderr)
+        return 2
+    from shipper.workers import Supervisor
+
+    argv = (["--config", args.config] if args.config else []) + [x for s in args.set for x in ("--set", s)]
+    argv += ["run"] + (["--log-level", args.log_level] if args.log_level else [])
+    log.info("shipper %s starting %d workers: state=%s buffer=%s hot_path=%s", __version__, count,
+             cfg.state.path, cfg.buffer.type.value, "compiled" if compiled() else "python")
+    return int(run_async(Supervisor(cfg, count, argv).run()))
+
+
+def _run_worker(args: argparse.Namespace, cfg: Config) -> int:
+    """One worker of a supervisor: `--worker K/N` reads its share of the containers; `--worker drain:DIR`
+    drains a spool no worker owns."""
+    from shipper.app import App
+    from shipper.workers import Shard, die_with_parent, worker_config, worker_dir
+
+    die_with_parent(args.parent)
+    root = cfg.state.path
+    if args.worker.startswith("drain:"):
+        directory, shard, tag = Path(args.worker[len("drain:"):]), Shard(0, 0), "drain"
+    else:
+        k, _, n = args.worker.partition("/")
+        shard = Shard(int(k), int(n))
+        directory, tag = worker_dir(root, shard.index, shard.count), f"worker {k}"
+    setup_logging(args.log_level or cfg.telemetry.log_level, cfg.telemetry.log_format, tag)
+    def adapt(c: Config) -> Config:
+        return worker_config(c, directory, args.admin_socket)
+
+    app = App(adapt(cfg), shard=shard, root_dir=root, drain_only=tag == "drain")
+    return _run_app(args, cfg, app, adapt)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -343,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=SET_HELP)
 
     r = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    r.add_argument("--worker", help=argparse.SUPPRESS)  # K/N or drain:DIR, from the supervisor
+    r.add_argument("--parent", type=int, default=0, help=argparse.SUPPRESS)
+    r.add_argument("--admin-socket", default="", help=argparse.SUPPRESS)
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="override telemetry.log_level")
     r.set_defaults(func=cmd_run)

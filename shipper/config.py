@@ -302,6 +302,26 @@ class TelemetryConfig:
             raise ConfigError(f"{key}.stats_interval_secs", "must be 0 (never) or at least 0.1")
 
 
+MAX_AUTO_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    workers: int = doc(1, "processes that read and ship, each a whole pipeline (readers, buffer, sinks) for its "
+                          "share of the containers, split by container id; 0: one per CPU core (at most 8)",
+                       high=64)
+
+    def resolved_workers(self) -> int:
+        """`workers`, with 0 read as the cores this process may use (at most MAX_AUTO_WORKERS)."""
+        if self.workers:
+            return self.workers
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        return max(1, min(cores, MAX_AUTO_WORKERS))
+
+
 @dataclass(frozen=True)
 class Config:
     docker: DockerConfig = doc(None, "where Docker is and how to read it")
@@ -314,6 +334,7 @@ class Config:
     buffer: BufferConfig = doc(None, "the buffer between reading and sending")
     telemetry: TelemetryConfig = doc(None, "shipper's own logs and counters")
     admin: AdminConfig = doc(None, "the admin HTTP server: /metrics, /health, /ready, /status, the status page")
+    pipeline: PipelineConfig = doc(None, "how many processes share the work")
     sinks: dict[str, Any] = doc({}, "where events go: [sinks.NAME] type = ...")
 
     def __post_init__(self) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import re
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
 from shipper.buffer.segment import ReplayRecord, SpoolReader
@@ -27,6 +27,7 @@ from shipper.sinks.base import SinkContext
 from shipper.sinks.runner import SinkRunner
 from shipper.telemetry.metrics import Metrics
 from shipper.timefmt import NS_PER_SEC, parse_ns
+from shipper.workers import state_dirs
 
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNIT_SECS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -125,11 +126,29 @@ class Progress:
         self.out.flush()
 
 
-def spool_dir(cfg: Config) -> str:
+def spool_dirs(cfg: Config) -> list[Path]:
+    """The daemon's spools: its own, and each worker's (`[pipeline] workers`), whichever exist."""
     if cfg.buffer.type is not BufferType.DISK:
         raise ConfigError("buffer.type", "replay reads the disk spool: set buffer.type = \"disk\" "
                                          "(with retention_secs or retention_bytes to keep delivered events)")
-    return str(cfg.state.path / "spool")
+    return [d / "spool" for d in state_dirs(cfg.state.path) if (d / "spool").is_dir()]
+
+
+class SpoolsReader:
+    """`SpoolReader` over several spools, one after the other (each in its own order: a container is read by
+    one worker, so its events keep their order unless the number of workers changed while they were held)."""
+
+    def __init__(self, directories: list[Path]) -> None:
+        self.readers = [SpoolReader(d) for d in directories]
+
+    @property
+    def corrupt_records(self) -> int:
+        return sum(r.corrupt_records for r in self.readers)
+
+    def records(self, since: float | None = None, until: float | None = None,
+                container: str | None = None) -> Iterator[ReplayRecord]:
+        for r in self.readers:
+            yield from r.records(since=since, until=until, container=container)
 
 
 def check_window(since: float | None, until: float | None) -> None:
@@ -154,11 +173,11 @@ async def replay(cfg: Config, sink_name: str, since: float | None, until: float 
     if sink_name not in cfg.sinks:
         raise ConfigError("--sink", f"no sink named {sink_name!r} (configured: {', '.join(cfg.sinks)})")
     check_window(since, until)
-    directory = spool_dir(cfg)
-    if not os.path.isdir(directory):
-        raise ReplayError(f"no spool at {directory} (is buffer.type = \"disk\" and is this the daemon's state "
-                          "dir?)", 2)
-    reader = SpoolReader(directory)
+    directories = spool_dirs(cfg)
+    if not directories:
+        raise ReplayError(f"no spool in {cfg.state.path} (is buffer.type = \"disk\" and is this the daemon's "
+                          "state dir?)", 2)
+    reader = SpoolsReader(directories)
     if dry_run:
         try:
             for k, rec in enumerate(reader.records(since=since, until=until, container=container)):
@@ -171,7 +190,7 @@ async def replay(cfg: Config, sink_name: str, since: float | None, until: float 
             summary.corrupt_records = reader.corrupt_records
         return summary
     total = 0
-    for k, rec in enumerate(SpoolReader(directory).records(since=since, until=until, container=container)):
+    for k, rec in enumerate(SpoolsReader(directories).records(since=since, until=until, container=container)):
         total += len(rec.batch)
         if k % _YIELD_EVERY == 0:
             await asyncio.sleep(0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import grp
 import logging
 import os
@@ -227,7 +228,22 @@ class FileSink(Sink):
                 raise RetryableSinkError(f"cannot write {self.path}: {e}") from e
 
     def _append(self, data: bytes) -> None:
-        """In a worker thread: a write, a rotation or an fsync must not stall the event loop."""
+        """In a worker thread: a write, a rotation or an fsync must not stall the event loop. Under an
+        exclusive lock of the file's folder, so that the workers of one shipper (`[pipeline] workers`), all
+        appending to this path, rotate it once and never between another's check and write."""
+        where = os.path.dirname(os.path.abspath(self.path))
+        try:
+            folder = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:  # removed under us: made again, as opening the file would
+            self._open()
+            folder = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            self._append_locked(data)
+        finally:
+            os.close(folder)  # releases the lock
+
+    def _append_locked(self, data: bytes) -> None:
         if self._file is None:
             self._open()
         else:

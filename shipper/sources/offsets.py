@@ -73,6 +73,11 @@ class OffsetStore:
     def all(self) -> dict[str, Checkpoint]:
         return dict(self._cps)
 
+    def replace_all(self, cps: dict[str, Checkpoint]) -> None:
+        """Hold exactly `cps` (the containers a worker owns, gathered from every worker's file)."""
+        self._cps = dict(cps)
+        self._dirty = True
+
     def commit(self, cp: Checkpoint) -> None:
         """Record a safe position; one behind the saved one for the same file is ignored (late ack)."""
         if cp.container_id in self._forgotten:

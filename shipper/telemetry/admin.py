@@ -22,6 +22,7 @@ import hmac
 import logging
 import socket
 import ssl
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -35,6 +36,7 @@ from shipper.telemetry.status import Status
 
 log = logging.getLogger("shipper")
 OPEN_PATHS = frozenset({"/health"})
+UNIX_PREFIX = "unix:"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -50,11 +52,11 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     return ctx
 
 
-class AdminServer:
-    def __init__(self, cfg: AdminConfig, status: Status, metrics: Metrics, host_name: str = "") -> None:
+class AdminHttp(ABC):
+    """Listening, TLS and the token; what each path answers is a subclass's (one process, or the workers')."""
+
+    def __init__(self, cfg: AdminConfig, host_name: str = "") -> None:
         self.cfg = cfg
-        self.status = status
-        self.metrics = metrics
         self.host_name = host_name or socket.gethostname()
         self._token = cfg.token().encode()
         self._runner: web.AppRunner | None = None
@@ -71,13 +73,19 @@ class AdminServer:
         return app
 
     async def start(self) -> None:
-        """Listen; an address that cannot be bound raises OSError (the caller decides what that means)."""
-        host, port = split_address(self.cfg.address)
-        tls = server_ssl_context(self.cfg.tls_cert, self.cfg.tls_key) if self.cfg.tls_cert else None
+        """Listen; an address that cannot be bound raises OSError (the caller decides what that means).
+        `unix:PATH` (a worker's, for its supervisor only) listens on a unix socket."""
         # a scrape or a page still open at shutdown gets a moment, not aiohttp's default minute
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=tls, reuse_address=True)
+        tls = None
+        site: web.BaseSite
+        if self.cfg.address.startswith(UNIX_PREFIX):
+            site = web.UnixSite(self._runner, self.cfg.address[len(UNIX_PREFIX):])
+        else:
+            host, port = split_address(self.cfg.address)
+            tls = server_ssl_context(self.cfg.tls_cert, self.cfg.tls_key) if self.cfg.tls_cert else None
+            site = web.TCPSite(self._runner, host, port, ssl_context=tls, reuse_address=True)
         try:
             await site.start()
         except BaseException:
@@ -92,8 +100,6 @@ class AdminServer:
             await self._runner.cleanup()
             self._runner = None
 
-    # --- handlers --------------------------------------------------------------------------------------------
-
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._token and request.path not in OPEN_PATHS:
@@ -103,6 +109,42 @@ class AdminServer:
                 return web.Response(status=401, text="a bearer token is required\n",
                                     headers={"WWW-Authenticate": 'Bearer realm="shipper"'})
         return await handler(request)
+
+    def page(self, status: dict[str, object]) -> web.Response:
+        return web.Response(text=render_page(status, self.host_name), content_type="text/html",
+                            headers={"Cache-Control": "no-store",
+                                     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                                                "script-src 'unsafe-inline'; connect-src 'self'; "
+                                                                "img-src 'self' data:"})
+
+    @abstractmethod
+    async def _page(self, request: web.Request) -> web.Response: ...
+
+    @abstractmethod
+    async def _metrics(self, request: web.Request) -> web.Response: ...
+
+    @abstractmethod
+    async def _health(self, request: web.Request) -> web.Response: ...
+
+    @abstractmethod
+    async def _ready(self, request: web.Request) -> web.Response: ...
+
+    @abstractmethod
+    async def _status(self, request: web.Request) -> web.Response: ...
+
+    @abstractmethod
+    async def _reload(self, request: web.Request) -> web.Response: ...
+
+
+class AdminServer(AdminHttp):
+    """The admin server of one pipeline: answers from its Status and Metrics."""
+
+    def __init__(self, cfg: AdminConfig, status: Status, metrics: Metrics, host_name: str = "") -> None:
+        super().__init__(cfg, host_name)
+        self.status = status
+        self.metrics = metrics
+
+    # --- handlers --------------------------------------------------------------------------------------------
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.status.refresh_gauges()
@@ -132,8 +174,4 @@ class AdminServer:
                      422)
 
     async def _page(self, request: web.Request) -> web.Response:
-        return web.Response(text=render_page(self.status.snapshot(), self.host_name), content_type="text/html",
-                            headers={"Cache-Control": "no-store",
-                                     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                                                                "script-src 'unsafe-inline'; connect-src 'self'; "
-                                                                "img-src 'self' data:"})
+        return self.page(self.status.snapshot())

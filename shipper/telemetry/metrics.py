@@ -157,6 +157,9 @@ HELP: dict[str, Spec | str] = {
                                                 "0.25 s.", buckets=LATENCY_BUCKETS),
     "shipper_build_info": gauge("Always 1; the version, and whether the hot path is compiled, are labels.",
                                 "version", "compiled"),
+    # --- workers ([pipeline] workers > 1: served by the supervisor, every other series with a worker label) ---
+    "shipper_workers_up": gauge("1 while a worker runs and answers its supervisor, else 0.", "worker"),
+    "shipper_worker_restarts_total": counter("Workers started again after they ended unexpectedly.", "worker"),
     # --- the Docker daemon ---
     "shipper_docker_reconnects_total": counter("Times the Docker event stream (where=events) or a log stream "
                                                "(where=logs) was reconnected.", "where", where="events"),

@@ -19,6 +19,7 @@ import orjson
 
 from shipper.buffer.segment import SpoolReader
 from shipper.sources.jsonfile import OFFSET_MASK
+from shipper.workers import state_dirs
 from tests.integration.harness import Shipper
 
 NUMBER_RE = re.compile(r"\bn=(\d+)\b")
@@ -43,9 +44,20 @@ class Daemon(Shipper):
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill. With workers, they die with their
+        supervisor (waited for here, so that what they left behind can be read)."""
+        assert self.proc is not None
+        pid = self.proc.pid
         rc = self.stop(signal.SIGKILL)
         assert rc == -9, f"shipper was not running when killed (rc={rc}):\n{self.log_text()[-3000:]}"
+        deadline = time.monotonic() + 10
+        while workers_of(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not workers_of(pid), f"workers outlived their supervisor killed with -9: {workers_of(pid)}"
+
+    def spools(self) -> list[Path]:
+        """The spool folders: the daemon's own, or one per worker."""
+        return [d / "spool" for d in state_dirs(self.state) if (d / "spool").exists()]
 
     def stats(self) -> dict[str, int]:
         """The counters of the newest `stats` log line (all zero before the first one); events_sent: the sum
@@ -60,12 +72,31 @@ class Daemon(Shipper):
         return out
 
     def spool_bytes(self) -> int:
-        segs = self.state / "spool" / "segments"
-        return sum(p.stat().st_size for p in segs.glob("*.seg")) if segs.exists() else 0
+        return sum(p.stat().st_size for s in self.spools() for p in (s / "segments").glob("*.seg"))
 
-    def ledger(self) -> dict[str, Any]:
-        path = self.state / "spool" / "ledger.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+    def cursors(self) -> dict[str, int]:
+        """Each sink's acked position in the spool ledger, summed over the workers' spools."""
+        out: dict[str, int] = collections.Counter()
+        for s in self.spools():
+            path = s / "ledger.json"
+            if path.exists():
+                out.update(json.loads(path.read_text())["cursors"])
+        return dict(out)
+
+
+def workers_of(pid: int) -> list[int]:
+    """Processes started as workers of supervisor `pid` that are still alive."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--parent" in cmd and cmd[cmd.index(b"--parent") + 1:][:1] == [str(pid).encode()]:
+            found.append(int(entry.name))
+    return found
 
 
 @dataclass
@@ -159,18 +190,19 @@ class CrashAccount:
         self.pushed: dict[str, int] = {}  # container name -> highest number ever pushed (-1: none)
         self.rereads: list[int] = []  # per kill, lines the next run reads again, all containers
         self.resumes: list[dict[str, int]] = []  # per kill, the line each container resumes at
-        self._from_seq = 0
+        self._from_seq: dict[Path, int] = {}
 
     def after_kill(self) -> None:
-        spool = self.d.state / "spool"
-        if spool.exists():
-            for rec in SpoolReader(spool).records(from_seq=self._from_seq):
-                self._from_seq = rec.seq + 1
+        for spool in self.d.spools():
+            for rec in SpoolReader(spool).records(from_seq=self._from_seq.get(spool, 0)):
+                self._from_seq[spool] = rec.seq + 1
                 name = rec.batch.container.name
                 top = max(numbers([ev.message for ev in rec.batch.events]), default=-1)
                 self.pushed[name] = max(self.pushed.get(name, -1), top)
-        path = self.d.state / "offsets.json"
-        saved = json.loads(path.read_text())["containers"] if path.exists() else {}
+        saved = {}
+        for d in state_dirs(self.d.state):  # with workers, each container's offset is in one worker's file
+            path = d / "offsets.json"
+            saved.update(json.loads(path.read_text())["containers"] if path.exists() else {})
         resumes, total = {}, 0
         for c in self.containers:
             pos = saved.get(c.id, {}).get("position", 0) & OFFSET_MASK

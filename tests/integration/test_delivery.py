@@ -42,8 +42,9 @@ BATCH_MAX_EVENTS = 2048
 RunContainer = Callable[..., Any]  # the run_container fixture
 
 
-@pytest.mark.timeout(240)
-def test_kill_9_twenty_times_loses_nothing(tmp_path: Path, run_container: RunContainer) -> None:
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_twenty_times_loses_nothing(tmp_path: Path, run_container: RunContainer, workers: int) -> None:
     """SIGKILL at random moments while three containers log at full speed: after the last restart every
     numbered line is in the file sink, each duplicate has its first copy's event.id, and there are no more
     duplicates than the documented mechanism explains: per kill, the lines read again from the last saved
@@ -54,11 +55,15 @@ def test_kill_9_twenty_times_loses_nothing(tmp_path: Path, run_container: RunCon
     (the spool hands the readers the checkpoints of every record that survived a kill, so a run killed
     before its first fsync tick does not re-read what the spool already holds; see
     test_kill_before_the_first_fsync_tick_resends_the_spool).
+
+    With two workers the supervisor is killed: its workers die with it, each had its own batch in flight.
     """
     per, kills = 40_000, 20
     seed = int(os.environ.get("SHIPPER_TEST_SEED", time.time_ns() % 1_000_000))
     rnd = random.Random(seed)
     d = Daemon(tmp_path, f"""
+[pipeline]
+workers = {workers}
 [input]
 batch_max_events = {BATCH_MAX_EVENTS}
 [buffer]
@@ -107,14 +112,19 @@ max_bytes = 0
         assert steps_back <= 2 * kills, f"{c.name}: {steps_back} places where the order restarts"
         dups += len(nums) - per
     rereads = sum(account.rereads)
-    allowed = rereads + kills * BATCH_MAX_EVENTS
-    print(f"\nseed={seed} kills={kills} in {kill_secs:.1f}s lines={per * len(cs)} duplicates={dups} "
+    allowed = rereads + kills * BATCH_MAX_EVENTS * workers
+    print(f"\nworkers={workers} seed={seed} kills={kills} in {kill_secs:.1f}s lines={per * len(cs)} duplicates={dups} "
           f"explained_by_rereads={rereads} allowed={allowed} (kills x batch x containers = "
           f"{kills * BATCH_MAX_EVENTS * len(cs)}) runs_killed_before_saving_an_offset="
           f"{account.runs_without_progress} torn_lines={len(sink.torn)}")
-    assert dups <= allowed, f"{dups} duplicates, more than re-reads from saved offsets ({rereads}) + one batch a kill"
+    assert dups <= allowed, (f"{dups} duplicates, more than re-reads from saved offsets ({rereads}) + one batch a "
+                             "kill and worker")
     assert dups <= kills * BATCH_MAX_EVENTS * len(cs), "more duplicates than the batches in flight at each kill"
-    assert len(sink.torn) <= kills, "more torn lines than kills"
+    assert len(sink.torn) <= kills * workers, "more torn lines than kills (of each worker)"
+    if workers > 1:
+        log = d.log_text()
+        for k in range(workers):
+            assert f"[worker {k}]: reading container" in log, f"worker {k} read no container"
 
 
 @pytest.mark.timeout(120)
@@ -233,15 +243,16 @@ def file_msgs(d: Daemon, path: Path | None = None) -> dict[str, list[str]]:
 
 @pytest.mark.rsyslog
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("workers", [1, 2])
 def test_syslog_down_60s_reading_never_stalls(tmp_path: Path, run_container: RunContainer,
-                                              rsyslog_tcp: Rsyslog) -> None:
+                                              rsyslog_tcp: Rsyslog, workers: int) -> None:
     """rsyslog is stopped for 60 s while 50,000 lines are written, 40,000 of them at ~10,000 lines/s into a
     json-file log that Docker rotates at 1 MB keeping 2 files (so a stalled reader would lose data). The
     spool takes it all, the file sink keeps receiving, and once rsyslog is back every line arrives there,
-    once, as written, in order per container."""
+    once, as written, in order per container. With two workers, each holds its containers' share."""
     r = rsyslog_tcp
     r.start()
-    d = Daemon(tmp_path, '[buffer]\ntype = "disk"\n' + FILE_SINK + syslog_sink(r))
+    d = Daemon(tmp_path, f'[pipeline]\nworkers = {workers}\n[buffer]\ntype = "disk"\n' + FILE_SINK + syslog_sink(r))
     d.start()
     warm = run_container("sh -c 'echo warm-up; sleep 600'", labels=d.labels)
     wait_until(lambda: syslog_msgs(r).get(warm.name) == ["warm-up"], 30, "the first line in rsyslog", alive=d)
@@ -268,7 +279,7 @@ def test_syslog_down_60s_reading_never_stalls(tmp_path: Path, run_container: Run
     assert file_msgs(d) == expected | {warm.name: ["warm-up"]}
     fast.reload()
     assert os.path.exists(fast.attrs["LogPath"] + ".1"), "Docker did not rotate: the test proves nothing"
-    ledger = d.ledger()["cursors"]
+    ledger = d.cursors()
     assert ledger["central"] < ledger["out"], ledger
     assert peak[0] > spool_before + 2_000_000, f"spool did not grow: {spool_before} -> {peak[0]} bytes"
     assert "sink state changed sink=central state=retrying" in d.log_text()

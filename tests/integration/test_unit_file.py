@@ -40,10 +40,11 @@ def test_unit_security_exposure_is_low() -> None:
 
 @pytest.mark.parametrize("line", ["ExecReload=", "UMask=0077", "StateDirectory=shipper", "StateDirectoryMode=0700",
                                   "CapabilityBoundingSet=CAP_DAC_READ_SEARCH", "SystemCallFilter=@system-service",
-                                  "RestartPreventExitStatus=2", "ExecStartPre=/usr/bin/env shipper check"])
+                                  "RestartPreventExitStatus=2", "ExecStartPre=/usr/bin/env shipper check",
+                                  "KillMode=mixed"])
 def test_unit_has(line: str) -> None:
     """What the README promises of the unit: reload by SIGHUP, owner-only files, one capability, no restart loop
-    on a config error (exit 2), and the config checked before start."""
+    on a config error (exit 2), the config checked before start, and SIGTERM to the supervisor only."""
     assert any(raw.startswith(line) for raw in UNIT.read_text().splitlines())
 
 

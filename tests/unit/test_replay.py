@@ -22,7 +22,7 @@ from shipper.buffer.spool import DiskSpool
 from shipper.config import BufferConfig, Config, FsyncPolicy, load, load_dict
 from shipper.errors import ConfigError, RetryableSinkError
 from shipper.event import Batch, Checkpoint, ContainerMeta, Event
-from shipper.replay import Progress, ReplayError, ReplaySummary, parse_time, replay, spool_dir
+from shipper.replay import Progress, ReplayError, ReplaySummary, parse_time, replay, spool_dirs
 from shipper.sinks.base import SinkContext
 from shipper.sinks.file import FileSink
 from shipper.sinks.runner import SinkRunner
@@ -54,12 +54,16 @@ def test_bad_times_say_what_is_accepted(text: str) -> None:
         parse_time(text)
 
 
-def test_replay_needs_the_disk_spool() -> None:
+def test_replay_needs_the_disk_spool(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        spool_dir(load_dict({}, env={}))
+        spool_dirs(load_dict({}, env={}))
     assert e.value.key == "buffer.type"
-    cfg = load_dict({"buffer": {"type": "disk"}, "state": {"dir": "/s"}}, env={})
-    assert spool_dir(cfg) == "/s/spool"
+    cfg = load_dict({"buffer": {"type": "disk"}, "state": {"dir": str(tmp_path)}}, env={})
+    assert spool_dirs(cfg) == []
+    for d in ("spool", "workers/1/spool", "workers/0/spool", "workers/10/spool", "workers/x/spool"):
+        (tmp_path / d).mkdir(parents=True)
+    assert spool_dirs(cfg) == [tmp_path / d for d in ("spool", "workers/0/spool", "workers/1/spool",
+                                                      "workers/10/spool")]
 
 
 def test_progress_draws_only_on_a_terminal() -> None:
@@ -149,7 +153,7 @@ def test_a_state_dir_without_a_spool_is_an_error_and_creates_nothing(tmp_path: P
     for dry in ([], ["--dry-run"]):
         code, err = cli("replay", "--config", str(cfg_path), "--sink", "out", *dry)
         assert code == 2, err
-        assert f"no spool at {tmp_path / 'state' / 'spool'} (is buffer.type = \"disk\" and is this the daemon's " \
+        assert f"no spool in {tmp_path / 'state'} (is buffer.type = \"disk\" and is this the daemon's " \
                "state dir?)" in err
         assert not (tmp_path / "state").exists()
 
@@ -157,7 +161,7 @@ def test_a_state_dir_without_a_spool_is_an_error_and_creates_nothing(tmp_path: P
 async def test_no_spool_raises_before_reading(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     _, cfg = make_config(tmp_path)
-    with pytest.raises(ReplayError, match="no spool at") as e:
+    with pytest.raises(ReplayError, match="no spool in") as e:
         await replay(cfg, "out", None, None, None)
     assert e.value.code == 2
     assert os.listdir(tmp_path / "state") == []

@@ -22,6 +22,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shipper.sources.jsonfile.inotify import _EVENT, IN_CLOEXEC, IN_CREATE, IN_IGNORED, IN_MOVED_TO, IN_Q_OVERFLOW
@@ -42,8 +43,10 @@ class _Held:
 
 
 class LogKeeper:
-    def __init__(self, data_root: str, hold_secs: float = 60.0, max_held: int = 2048) -> None:
+    def __init__(self, data_root: str, hold_secs: float = 60.0, max_held: int = 2048,
+                 wanted: Callable[[str], bool] | None = None) -> None:
         self.folder = os.path.join(data_root, "containers")
+        self.wanted = wanted  # which containers' logs to hold, by id (a worker's share); None: all
         self.hold_secs = hold_secs
         self.max_held = max_held
         self._lock = threading.Lock()
@@ -163,6 +166,8 @@ class LogKeeper:
                 self._watch_container(os.path.join(self.folder, name))
 
     def _watch_container(self, folder: str) -> None:
+        if self.wanted is not None and not self.wanted(os.path.basename(folder)):
+            return
         wd = self._add_watch(folder, IN_CREATE | IN_MOVED_TO)
         if wd < 0:
             return  # gone already, or not a folder

@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -123,7 +125,7 @@ def main() -> None:
               f"{r['rss_mib']:.0f} MiB, events={r['events']:.0f}/{records}", file=sys.stderr)
         shutil.rmtree(state, ignore_errors=True)
 
-    def med(f):  # type: ignore[no-untyped-def]
+    def med(f: Callable[[dict[str, Any]], float]) -> float:
         return statistics.median(f(r) for r in results)
 
     print(f"\nshipper pipeline benchmark: {records:,} records = {entries:,} json-file entries, "

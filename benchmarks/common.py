@@ -81,11 +81,12 @@ def kinds_table(results: dict[str, list[dict[str, float]]], base: str, per: str 
         return statistics.median(f(r) for r in results[kind])
 
     rate = {k: med(k, lambda r: r[per] / r["wall"]) for k in results}
-    print(f"| {'sink':<12} | {per + '/s':>12} | {'CPU s per M ' + per:>20} | {'peak RSS MiB':>12} | "
+    w = max(12, *map(len, results))
+    print(f"| {'sink':<{w}} | {per + '/s':>12} | {'CPU s per M ' + per:>20} | {'peak RSS MiB':>12} | "
           f"{'vs ' + base:>9} |")
-    print(f"|{'-' * 14}|{'-' * 14}|{'-' * 22}|{'-' * 14}|{'-' * 11}|")
+    print(f"|{'-' * (w + 2)}|{'-' * 14}|{'-' * 22}|{'-' * 14}|{'-' * 11}|")
     for k in results:
         cpu = med(k, lambda r: r["cpu"] / max(r[per], 1) * 1e6)
         rss = med(k, lambda r: r["rss_mib"])
         share = f"{rate[k] / rate[base]:.0%}" if rate.get(base) else "-"
-        print(f"| {k:<12} | {rate[k]:>12,.0f} | {cpu:>20.2f} | {rss:>12.0f} | {share:>9} |")
+        print(f"| {k:<{w}} | {rate[k]:>12,.0f} | {cpu:>20.2f} | {rss:>12.0f} | {share:>9} |")

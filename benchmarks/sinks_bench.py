@@ -11,8 +11,9 @@ default config otherwise, as pipeline_bench.py runs it) and delivered to:
 - `workers=1`: the null kind's config with `[pipeline] workers = 1` and an admin address, run as the real
   daemon (`python -m shipper --config CFG run`, a subprocess polled through its /metrics): one process;
 - `workers=2`: the same with `workers = 2`: a supervisor and two worker processes, each a whole pipeline for
-  the containers whose id hashes to it. These two kinds run the daemon as a real subprocess because the
-  supervisor and its workers are processes, which the in-process run of the other kinds cannot start.
+  the containers whose id hashes to it; `workers=N+encode`: the null sink with `encode = true`. These kinds
+  run the daemon as a real subprocess because the supervisor and its workers are processes, which the
+  in-process run of the other kinds cannot start.
 
 Kinds run interleaved, each in a fresh process with fresh state; the table shows medians: json-file
 entries/s, CPU seconds per million entries (the daemon's own; rsyslogd runs apart), peak RSS, and each
@@ -201,8 +202,9 @@ def one_run(kind: str, data: Path, work: Path, entries: int, timeout: float) -> 
     if kind.startswith(WORKERS):
         port = free_port()
         cfg = work / f"{kind}.toml"
-        cfg.write_text(bench_config(data, state, "memory") + f"[pipeline]\nworkers = {int(kind[len(WORKERS):])}\n"
-                       f'[admin]\naddress = "127.0.0.1:{port}"\n')
+        n, _, encode = kind[len(WORKERS):].partition("+")
+        cfg.write_text(bench_config(data, state, "memory", encode=encode == "encode" or None)
+                       + f'[pipeline]\nworkers = {int(n)}\n[admin]\naddress = "127.0.0.1:{port}"\n')
         try:
             return run_workers(cfg, port, entries, timeout, work / f"{kind}.log")
         finally:

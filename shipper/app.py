@@ -48,6 +48,7 @@ from shipper.sinks.runner import SinkRunner
 from shipper.sources.base import LogSource, SourceContext
 from shipper.sources.offsets import OffsetStore
 from shipper.telemetry import events as tel
+from shipper.telemetry.config import ADMIN_RETRY_SECS
 from shipper.telemetry.metrics import Metrics
 from shipper.telemetry.status import Status
 from shipper.transforms.select import Selector
@@ -69,7 +70,6 @@ STUCK_REPORT_SECS = 5.0  # after the drain, tasks still running this long are na
 PENDING_WARN_SECS = 30.0  # a container still waiting for its inspect after this long is reported
 GC_THRESHOLDS = (50_000, 20, 100)  # see tune_gc
 FORGET_REMOVED_AFTER_SECS = 300.0  # offsets of removed containers are kept this long, then pruned
-ADMIN_RETRY_SECS = 30.0  # an admin address in use is tried again this often
 
 
 def tune_gc() -> None:

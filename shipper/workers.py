@@ -29,7 +29,6 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from shipper.backoff import Backoff
 from shipper.config import BufferType, Config
@@ -37,10 +36,7 @@ from shipper.pidfile import remove_pid_file, write_pid_file
 from shipper.preflight import make_state_dir
 from shipper.sources.offsets import FILE_NAME as OFFSETS_FILE
 from shipper.sources.offsets import OffsetStore
-from shipper.telemetry.config import AdminConfig
-
-if TYPE_CHECKING:
-    from shipper.telemetry.admin import AdminHttp
+from shipper.telemetry.config import ADMIN_RETRY_SECS, AdminConfig
 
 log = logging.getLogger("shipper.workers")
 
@@ -51,6 +47,7 @@ RESTART_HEALTHY_SECS = 60.0  # a worker that ran this long before dying restarts
 PR_SET_PDEATHSIG = 1
 MAX_WORKERS = 64  # pipeline.workers' bound
 MAX_SOCKET_PATH = 100  # bytes, with room below the kernel's 107
+CONFIG_ERROR = 2  # a worker's exit status when its config is wrong (as `shipper run`'s)
 
 
 def shard_of(container_id: str, count: int) -> int:
@@ -180,6 +177,7 @@ class Supervisor:
         self.children: list[Child] = []
         self._stop = asyncio.Event()
         self._signals = 0
+        self.exit_code = 0
         self._sockets = ""
         # the workers import this very shipper package, wherever it was imported from
         here = str(Path(__file__).resolve().parent.parent)
@@ -214,24 +212,22 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
-        admin = None
         try:
             write_pid_file(self.root)
-            admin = await self._start_admin()
             async with asyncio.TaskGroup() as tg:
                 for c in self.children:
                     tg.create_task(self._keep(c), name=c.name)
+                if self.cfg.admin.address:
+                    tg.create_task(self._serve_admin(), name="admin")
         finally:
             remove_pid_file(self.root)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            if admin is not None:
-                await admin.close()
             if Path(self._sockets).parent != self.root / WORKERS_DIR:
                 shutil.rmtree(self._sockets, ignore_errors=True)
         failed = [c.name for c in self.children if c.process is not None and c.process.returncode not in (0, None)]
         log.info("stopped; every worker has ended%s", f" (with an error: {', '.join(failed)})" if failed else "")
-        return 1 if failed else 0
+        return self.exit_code or (1 if failed else 0)
 
     def _socket_folder(self) -> str:
         """Where the workers' admin sockets go: a folder only shipper's user can enter, in the state dir when
@@ -245,19 +241,35 @@ class Supervisor:
             return str(own)
         return tempfile.mkdtemp(prefix="shipper-")
 
-    async def _start_admin(self) -> AdminHttp | None:
-        if not self.cfg.admin.address:
-            return None
+    async def _serve_admin(self) -> None:
+        """The admin server until the supervisor stops. An address in use does not stop shipper (shipping logs
+        matters more than showing how it goes): said once, tried again every ADMIN_RETRY_SECS."""
         from shipper.telemetry.fleet import WorkersAdmin
 
         server = WorkersAdmin(self.cfg.admin, self, self.cfg.host.resolved_name)
+        said = False
+        while not self._stop.is_set():
+            try:
+                await server.start()
+                break
+            except OSError as e:
+                if not said:
+                    said = True
+                    log.warning("admin server cannot listen address=%s error=%s: running without /metrics, /health "
+                                "and /status for now, trying again every %.0fs", self.cfg.admin.address, e,
+                                ADMIN_RETRY_SECS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), ADMIN_RETRY_SECS)
         try:
-            await server.start()
-        except OSError as e:  # shipping logs matters more than showing how it goes
-            log.warning("admin server cannot listen address=%s error=%s: running without /metrics, /health and "
-                        "/status", self.cfg.admin.address, e)
-            return None
-        return server
+            await self._stop.wait()
+            await self._all_ended()
+        finally:
+            await server.close()
+
+    async def _all_ended(self) -> None:
+        """Until no worker runs: the admin server answers while they drain."""
+        while any(c.running for c in self.children):
+            await asyncio.sleep(0.1)
 
     def _on_stop(self, sig: int) -> None:
         """The first signal stops the workers (each drains, then saves its offsets); a second is passed on
@@ -296,6 +308,12 @@ class Supervisor:
             if child.index < 0 and rc == 0 and (child.directory / DRAINED_MARK).exists():  # the drain's own mark
                 child.done = True
                 log.info("spool drained: %s (its retained events stay there for shipper replay)", child.directory)
+                return
+            if rc == CONFIG_ERROR:  # found at the worker's start: starting it again would fail the same way
+                log.error("%s stopped on a config error (exit status 2; its log names the key): stopping shipper",
+                          child.name)
+                self.exit_code = CONFIG_ERROR
+                self._on_stop(signal.SIGTERM)
                 return
             child.restarts += 1
             if time.monotonic() - started > RESTART_HEALTHY_SECS:

@@ -17,6 +17,7 @@ from shipper.errors import ConfigError
 from shipper.schema import doc
 
 DEFAULT_ADDRESS = "127.0.0.1:9125"
+ADMIN_RETRY_SECS = 30.0  # an admin address in use is tried again this often
 
 
 def split_address(address: str, key: str = "admin.address") -> tuple[str, int]:

@@ -217,10 +217,17 @@ class WorkersAdmin(AdminHttp):
         return _json({"ready": not why, "reason": "; ".join(why)}, 503 if why else 200)
 
     async def _status(self, request: web.Request) -> web.Response:
-        return _json(merge_status(*await self._docs("/status")))
+        docs, down = await self._docs("/status")
+        if not docs:
+            return _json({"healthy": False, "problems": [f"worker {k}: {w}" for k, w in sorted(down.items())]}, 503)
+        return _json(merge_status(docs, down))
 
     async def _page(self, request: web.Request) -> web.Response:
-        return self.page(merge_status(*await self._docs("/status")))
+        docs, down = await self._docs("/status")
+        if not docs:
+            return web.Response(status=503, text="no worker answers yet: " + "; ".join(
+                f"worker {k}: {w}" for k, w in sorted(down.items())) + "\n")
+        return self.page(merge_status(docs, down))
 
     async def _reload(self, request: web.Request) -> web.Response:
         """Every worker reloads; the answer is the worst of theirs (a refused reload keeps that worker's

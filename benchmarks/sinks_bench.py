@@ -145,6 +145,7 @@ def run_workers(cfg: Path, port: int, entries: int, timeout: float, log: Path) -
     root = str(HERE.parent)
     path = os.environ.get("PYTHONPATH", "")
     env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+    env.pop("SHIPPER_PIPELINE_WORKERS", None)  # the kind names its workers
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with log.open("wb") as err:

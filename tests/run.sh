@@ -12,4 +12,11 @@ if [ $# = 0 ]; then  # the compiled modules' pure-Python fallback, through their
     tests/fuzz/test_jsonfile.py tests/unit/sinks/syslog \
     tests/unit/sources
 fi
-exec python3 -m pytest -ra -p no:cacheprovider "${@:-tests}"
+if [ $# != 0 ]; then
+  exec python3 -m pytest -ra -p no:cacheprovider "$@"
+fi
+python3 -m pytest -ra -p no:cacheprovider tests
+# Every test that runs the daemon, again with two workers per daemon ([pipeline] workers; a test that sets
+# its own workers keeps them). The image test is left out: the image runs with the environment it is given.
+SHIPPER_PIPELINE_WORKERS=2 exec python3 -m pytest -ra -p no:cacheprovider tests/integration tests/unit/test_cli_run.py \
+  tests/unit/test_cli_reload.py tests/unit/test_app_shutdown.py --deselect tests/integration/test_image.py

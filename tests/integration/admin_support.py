@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.harness import ROOT, Shipper
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+ALIKE = ("shipper_docker_", "shipper_build_info")  # gauges every worker reports alike
+WORKER_PREFIX = re.compile(r"^worker \d+: ")  # what a supervisor puts before a worker's health problem
 
 
 def free_port() -> int:
@@ -52,12 +55,26 @@ class AdminShipper(Shipper):
         code, body = self.get("/health")
         return code, orjson.loads(body)
 
-    def metrics(self) -> Samples:
-        """/metrics, read by prometheus_client's own text parser."""
+    def metrics(self, by_worker: bool = False) -> Samples:
+        """/metrics, read by prometheus_client's own text parser. With workers (`[pipeline] workers`), each
+        series is one process's view unless `by_worker`: added over the workers, but for what every worker
+        sees alike (dockerd's state) which is the highest; the supervisor's own series (shipper_workers_up)
+        keep their label."""
         code, body = self.get("/metrics")
         assert code == 200
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+        out: Samples = {}
+        for fam in text_string_to_metric_families(body.decode()):
+            for s in fam.samples:
+                own = fam.name.startswith("shipper_worker")
+                labels = {k: v for k, v in s.labels.items() if by_worker or own or k != "worker"}
+                key = (s.name, tuple(sorted(labels.items())))
+                if key not in out:
+                    out[key] = s.value
+                elif fam.name.startswith(ALIKE):
+                    out[key] = max(out[key], s.value)
+                else:
+                    out[key] += s.value
+        return out
 
     def wait_admin(self, timeout: float = 30) -> None:
         self.until(lambda: self.get("/ready")[0] == 200, timeout, "the admin server to say ready")

@@ -60,15 +60,16 @@ class Daemon(Shipper):
         return [d / "spool" for d in state_dirs(self.state) if (d / "spool").exists()]
 
     def stats(self) -> dict[str, int]:
-        """The counters of the newest `stats` log line (all zero before the first one); events_sent: the sum
-        over the sinks' own `stats sink=` lines."""
+        """The counters of the newest `stats` log line (all zero before the first one), summed over the workers
+        when there are several; events_sent: the sum over the sinks' own `stats sink=` lines."""
         text = self.log_text()
-        found = STATS_RE.findall(text)
         keys = ("events_read", "dropped", "invalid", "buffered")
-        values = found[-1] if found else ("0",) * len(keys)
-        out = dict(zip(keys, map(int, values), strict=True))
-        newest = {sink: int(n) for sink, n in SINK_STATS_RE.findall(text)}  # the newest line of each sink
-        out["events_sent"] = sum(newest.values())
+        out = dict.fromkeys(keys, 0)
+        for values in newest_per_worker(STATS_RE, text).values():
+            for k, v in zip(keys, values, strict=True):
+                out[k] += int(v)
+        sent = newest_per_worker(SINK_STATS_RE, text, by_group=1)  # the newest line of each sink
+        out["events_sent"] = sum(int(v[1]) for v in sent.values())
         return out
 
     def spool_bytes(self) -> int:
@@ -82,6 +83,21 @@ class Daemon(Shipper):
             if path.exists():
                 out.update(json.loads(path.read_text())["cursors"])
         return dict(out)
+
+
+WORKER_TAG = re.compile(r"\[(worker \d+|drain)\]: ")
+
+
+def newest_per_worker(pattern: re.Pattern[str], text: str, by_group: int = 0) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The groups of `pattern`'s newest match in each worker's log lines (the one process's when there are no
+    workers), keyed by the worker's tag and, with `by_group`, that group's value too (a sink's name)."""
+    found: dict[tuple[str, str], tuple[str, ...]] = {}
+    for line in text.splitlines():
+        m = pattern.search(line)
+        if m:
+            tag = WORKER_TAG.search(line)
+            found[(tag.group(1) if tag else "", m.group(by_group) if by_group else "")] = m.groups()
+    return found
 
 
 def workers_of(pid: int) -> list[int]:

@@ -16,6 +16,12 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNING: set[Shipper] = set()  # daemons still running; tests/integration/conftest.py kills them after each test
+WORKERS_ENV = "SHIPPER_PIPELINE_WORKERS"  # set for a whole run: every daemon with that many workers
+
+
+def env_workers() -> int:
+    """The workers every daemon of this run has (SHIPPER_PIPELINE_WORKERS, else one)."""
+    return int(os.environ.get(WORKERS_ENV) or 1)
 
 
 class Shipper:
@@ -58,8 +64,11 @@ flush_timeout_secs = 0.3
 
     def start(self) -> Shipper:
         self._logf = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ)
+        if "[pipeline]" in self.config.read_text():  # the test chose its workers: the run's choice gives way
+            env.pop(WORKERS_ENV, None)
         self.proc = subprocess.Popen([sys.executable, "-m", "shipper", "run", "--config", str(self.config)],
-                                     stdout=self._logf, stderr=subprocess.STDOUT, cwd=self.tmp)
+                                     stdout=self._logf, stderr=subprocess.STDOUT, cwd=self.tmp, env=env)
         RUNNING.add(self)
         return self
 

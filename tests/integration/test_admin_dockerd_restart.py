@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.admin_support import AdminShipper
+from tests.integration.admin_support import WORKER_PREFIX, AdminShipper
 from tests.integration.test_dockerd_restart import (  # noqa: F401 - dockerd_restartable is a fixture
     dockerd_restartable,
     start_dockerd,
@@ -37,7 +37,7 @@ def test_restart_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert down["last_error"]
     assert d.metrics()[("shipper_docker_up", ())] == 0
     _, health = d.until(lambda: (h := d.health())[0] == 503 and h, 20, "/health 503 while dockerd is down")
-    assert any(p.startswith("discovery:") for p in health["problems"]), health
+    assert any(WORKER_PREFIX.sub("", p).startswith("discovery:") for p in health["problems"]), health
 
     start_dockerd()
     after = d.until(lambda: (s := d.status()["docker"])["restarts_seen"] == 1 and s["up"] and s, 60,

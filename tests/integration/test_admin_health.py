@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.admin_support import AdminShipper
+from tests.integration.admin_support import WORKER_PREFIX, AdminShipper
 from tests.integration.rsyslog import Rsyslog
 
 pytestmark = [pytest.mark.docker, pytest.mark.rsyslog]
@@ -36,7 +36,7 @@ max_events = 60
 
     r.stop()
     _, doc = d.until(lambda: (h := d.health())[0] == 503 and h, 60, "/health to turn 503")
-    assert any(p.startswith("sink central: failing") for p in doc["problems"]), doc
+    assert any(WORKER_PREFIX.sub("", p).startswith("sink central: failing") for p in doc["problems"]), doc
     st = d.status()
     assert st["healthy"] is False and st["sinks"]["central"]["state"] == "failing"
     assert st["sinks"]["central"]["last_error"]

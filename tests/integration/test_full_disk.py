@@ -39,6 +39,7 @@ from tests.integration.delivery_support import (
     assert_exist,
     by_container,
     counting_loop,
+    newest_per_worker,
     numbers,
     read_sink,
     wait_until,
@@ -81,9 +82,8 @@ def free_bytes(path: Path) -> int:
 
 
 def spool_write_errors(d: Daemon) -> int:
-    """shipper_spool_write_errors_total as the newest stats line shows it."""
-    found = WRITE_ERRORS_RE.findall(d.log_text())
-    return int(found[-1]) if found else 0
+    """shipper_spool_write_errors_total as the newest stats line shows it (each worker's, added)."""
+    return sum(int(v[0]) for v in newest_per_worker(WRITE_ERRORS_RE, d.log_text()).values())
 
 
 def json_file_lines(c: Any) -> int:

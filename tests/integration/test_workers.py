@@ -74,7 +74,7 @@ def test_two_workers_share_the_containers_and_speak_as_one(tmp_path: Path, run_c
     assert code == 200
     checked = subprocess.run([promtool(), "check", "metrics"], input=body, capture_output=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    m = d.metrics()
+    m = d.metrics(by_worker=True)
     read = {dict(k[1])["container"]: (dict(k[1])["worker"], v) for k, v in m.items()
             if k[0] == "shipper_events_read_total"}
     assert {c.name: read[c.name] for c in cs} == {c.name: (str(shard_of(c.id, 2)), per) for c in cs}
@@ -114,7 +114,7 @@ def test_a_worker_killed_is_started_again_and_its_containers_lose_nothing(tmp_pa
                      "every line after the kill")
     for c in cs:
         assert set(numbers(messages_of(evs, c.name))) == set(range(per)), c.name
-    assert by_label(d.metrics(), "shipper_worker_restarts_total", "worker") == {"0": 1, "1": 0}
+    assert by_label(d.metrics(by_worker=True), "shipper_worker_restarts_total", "worker") == {"0": 1, "1": 0}
     d.until(lambda: d.status()["workers"] == {"0": "up", "1": "up"}, 20, "both workers up")
     assert d.stop() == 0
 

@@ -85,6 +85,18 @@ class Daemon(Shipper):
         return dict(out)
 
 
+def syslog_sink(address: str) -> str:
+    """[sinks.central]: syslog over TCP to `address`, retried quickly (a receiver that is down is the test)."""
+    return f"""
+[sinks.central]
+type = "syslog"
+address = "{address}"
+retry_initial_secs = 0.2
+retry_max_secs = 1.0
+connect_timeout_secs = 1.0
+"""
+
+
 WORKER_TAG = re.compile(r"\[(worker \d+|drain)\]: ")
 
 

@@ -32,6 +32,7 @@ from tests.integration.delivery_support import (
     counting_loop,
     numbers,
     read_sink,
+    syslog_sink,
     wait_until,
 )
 from tests.integration.rsyslog import Rsyslog
@@ -210,17 +211,6 @@ def wait_stable(measure: Callable[[], int], quiet: float, timeout: float, d: Dae
 # --- a dead syslog receiver --------------------------------------------------------------------------------
 
 
-def syslog_sink(r: Rsyslog) -> str:
-    return f"""
-[sinks.central]
-type = "syslog"
-address = "{r.address("tcp")}"
-retry_initial_secs = 0.2
-retry_max_secs = 1.0
-connect_timeout_secs = 1.0
-"""
-
-
 FILE_SINK = """
 [sinks.out]
 type = "file"
@@ -252,7 +242,8 @@ def test_syslog_down_60s_reading_never_stalls(tmp_path: Path, run_container: Run
     once, as written, in order per container. With two workers, each holds its containers' share."""
     r = rsyslog_tcp
     r.start()
-    d = Daemon(tmp_path, f'[pipeline]\nworkers = {workers}\n[buffer]\ntype = "disk"\n' + FILE_SINK + syslog_sink(r))
+    d = Daemon(tmp_path, f'[pipeline]\nworkers = {workers}\n[buffer]\ntype = "disk"\n' + FILE_SINK
+               + syslog_sink(r.address("tcp")))
     d.start()
     warm = run_container("sh -c 'echo warm-up; sleep 600'", labels=d.labels)
     wait_until(lambda: syslog_msgs(r).get(warm.name) == ["warm-up"], 30, "the first line in rsyslog", alive=d)
@@ -330,7 +321,7 @@ def test_full_spool_drop_newest_counts_every_drop(tmp_path: Path, run_container:
     in shipper_events_dropped_total. When rsyslog comes up it gets exactly what the spool kept."""
     n = 20_000
     r = rsyslog_tcp
-    d = Daemon(tmp_path, small_spool("drop_newest") + FILE_SINK + syslog_sink(r), stats_secs=0.3)
+    d = Daemon(tmp_path, small_spool("drop_newest") + FILE_SINK + syslog_sink(r.address("tcp")), stats_secs=0.3)
     d.start()
     c = run_container(counting_loop(n), labels=d.labels)
 
@@ -366,7 +357,7 @@ def test_full_spool_block_drops_nothing(tmp_path: Path, run_container: RunContai
     dropped, and once rsyslog is up every line reaches both sinks, once, in order."""
     n = 20_000
     r = rsyslog_tcp
-    d = Daemon(tmp_path, small_spool("block") + FILE_SINK + syslog_sink(r), stats_secs=0.3)
+    d = Daemon(tmp_path, small_spool("block") + FILE_SINK + syslog_sink(r.address("tcp")), stats_secs=0.3)
     d.start()
     c = run_container(counting_loop(n), labels=d.labels)
     c.wait(timeout=60)

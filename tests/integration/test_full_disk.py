@@ -42,6 +42,7 @@ from tests.integration.delivery_support import (
     newest_per_worker,
     numbers,
     read_sink,
+    syslog_sink,
     wait_until,
 )
 from tests.integration.rsyslog import Rsyslog
@@ -110,14 +111,7 @@ type = "disk"
 type = "file"
 path = "{{out}}"
 max_bytes = 0
-
-[sinks.central]
-type = "syslog"
-address = "{r.address("tcp")}"
-retry_initial_secs = 0.2
-retry_max_secs = 1.0
-connect_timeout_secs = 1.0
-"""
+""" + syslog_sink(r.address("tcp"))
 
 
 def check_all_arrived(name: str, evs: list[dict[str, Any]], want: int, where: str) -> int:

@@ -16,7 +16,7 @@ import pytest
 
 from shipper.workers import shard_of
 from tests.integration.admin_support import AdminShipper, by_label
-from tests.integration.delivery_support import counting_loop, numbers, workers_of
+from tests.integration.delivery_support import counting_loop, numbers, syslog_sink, workers_of
 from tests.integration.harness import messages_of
 from tests.integration.rsyslog import Rsyslog
 from tests.unit.telemetry.test_alert_rules import promtool
@@ -129,17 +129,8 @@ def test_fewer_workers_drain_the_spools_the_others_left(tmp_path: Path, run_cont
     r = rsyslog_tcp
 
     def daemon(n: int, label: str | None = None) -> AdminShipper:
-        return AdminShipper(tmp_path, WORKERS.format(n=n) + f"""
-[buffer]
-type = "disk"
-shutdown_drain_secs = 1
-[sinks.central]
-type = "syslog"
-address = "{r.address("tcp")}"
-retry_initial_secs = 0.2
-retry_max_secs = 1.0
-connect_timeout_secs = 1.0
-""", file_sink=False, select_label=label)
+        return AdminShipper(tmp_path, WORKERS.format(n=n) + '[buffer]\ntype = "disk"\nshutdown_drain_secs = 1\n'
+                            + syslog_sink(r.address("tcp")), file_sink=False, select_label=label)
 
     d = daemon(2)
     d.start()

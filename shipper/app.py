@@ -222,7 +222,7 @@ class App:
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
-            if self.shard is None:  # a worker's supervisor has the pid file
+            if self.root_dir is None:  # under a supervisor (a worker, a drain) the supervisor has the pid file
                 write_pid_file(self.state_dir)  # once SIGHUP is handled: `shipper reload` finds this process by it
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
@@ -257,7 +257,7 @@ class App:
                                                               asyncio.current_task())
             stuck.cancel()
         finally:
-            if self.shard is None:
+            if self.root_dir is None:
                 remove_pid_file(self.state_dir)  # before SIGHUP's handler goes: a reload sent later finds no daemon
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -158,7 +158,7 @@ def _run_worker(args: argparse.Namespace, cfg: Config) -> int:
     die_with_parent(args.parent)
     root = cfg.state.path
     if args.worker.startswith("drain:"):
-        directory, shard, tag = Path(args.worker[len("drain:"):]), Shard(0, 0), "drain"
+        directory, shard, tag = Path(args.worker[len("drain:"):]), None, "drain"
     else:
         k, _, n = args.worker.partition("/")
         shard = Shard(int(k), int(n))

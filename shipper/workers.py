@@ -155,7 +155,6 @@ class Child:
     socket: str = ""
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
-    done: bool = False  # a drain worker that finished
 
     @property
     def name(self) -> str:
@@ -306,7 +305,6 @@ class Supervisor:
                 return
             rc = ended.result()
             if child.index < 0 and rc == 0 and (child.directory / DRAINED_MARK).exists():  # the drain's own mark
-                child.done = True
                 log.info("spool drained: %s (its retained events stay there for shipper replay)", child.directory)
                 return
             if rc == CONFIG_ERROR:  # found at the worker's start: starting it again would fail the same way

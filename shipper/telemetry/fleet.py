@@ -99,15 +99,23 @@ def _add(into: dict[str, Any], doc: dict[str, Any]) -> None:
             _add(have, v)
 
 
+def by_worker(said: list[tuple[int, str]]) -> list[str]:
+    """What workers said, each line `worker K: ...`, in worker order."""
+    return [f"worker {k}: {text}" for k, text in sorted(said, key=lambda kt: kt[0])]
+
+
+def problems(docs: dict[int, dict[str, Any]], down: dict[int, str]) -> list[str]:
+    """Every worker's health problems, and why each worker that is down gave none."""
+    return by_worker([(k, p) for k, d in docs.items() for p in d.get("problems", [])] + list(down.items()))
+
+
 def merge_status(docs: dict[int, dict[str, Any]], down: dict[int, str]) -> dict[str, Any]:
     """One /status document from the workers' (`down`: why a worker gave none)."""
     first = next(iter(docs.values()), {})
     out: dict[str, Any] = {k: v for k, v in first.items() if k not in ("containers", "sinks", "buffer", "drops",
                                                                          "history")}
-    problems = [f"worker {k}: {p}" for k, d in docs.items() for p in d.get("problems", [])]
-    problems += [f"worker {k}: {why}" for k, why in down.items()]
-    out["healthy"] = not problems
-    out["problems"] = problems
+    out["problems"] = problems(docs, down)
+    out["healthy"] = not out["problems"]
     out["containers"] = sorted((c | {"worker": k} for k, d in docs.items() for c in d.get("containers", [])),
                                key=lambda c: c["name"])
     out["waiting_inspect"] = {cid: n for d in docs.values() for cid, n in d.get("waiting_inspect", {}).items()}
@@ -163,6 +171,14 @@ def _merge_history(hs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _reason(body: bytes) -> str:
+    """The `reason` of a worker's JSON answer, or the answer as it came."""
+    try:
+        return str(orjson.loads(body).get("reason", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        return body.decode(errors="replace")[:200]
+
+
 class WorkersAdmin(AdminHttp):
     """The supervisor's admin server (see the module's docstring)."""
 
@@ -192,8 +208,15 @@ class WorkersAdmin(AdminHttp):
         return got, down
 
     async def _docs(self, path: str) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+        """Every running worker's JSON answer to `path`; one that is not JSON is a worker that does not answer."""
         got, down = await self._ask_all(path)
-        return {k: orjson.loads(body) for k, (_, body) in got.items()}, down
+        docs = {}
+        for k, (status, body) in got.items():
+            try:
+                docs[k] = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                down[k] = f"does not answer (HTTP {status}, not JSON)"
+        return docs, down
 
     async def _metrics(self, request: web.Request) -> web.Response:
         got, _ = await self._ask_all("/metrics")
@@ -205,28 +228,25 @@ class WorkersAdmin(AdminHttp):
         return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:
-        docs, down = await self._docs("/health")
-        problems = [f"worker {k}: {p}" for k, d in sorted(docs.items()) for p in d.get("problems", [])]
-        problems += [f"worker {k}: {why}" for k, why in sorted(down.items())]
-        return _json({"healthy": not problems, "problems": problems}, 503 if problems else 200)
+        said = problems(*await self._docs("/health"))
+        return _json({"healthy": not said, "problems": said}, 503 if said else 200)
 
     async def _ready(self, request: web.Request) -> web.Response:
         docs, down = await self._docs("/ready")
-        why = [f"worker {k}: {d.get('reason', '')}" for k, d in sorted(docs.items()) if not d.get("ready")]
-        why += [f"worker {k}: {w}" for k, w in sorted(down.items())]
+        why = by_worker([(k, str(d.get("reason", ""))) for k, d in docs.items() if not d.get("ready")]
+                        + list(down.items()))
         return _json({"ready": not why, "reason": "; ".join(why)}, 503 if why else 200)
 
     async def _status(self, request: web.Request) -> web.Response:
         docs, down = await self._docs("/status")
         if not docs:
-            return _json({"healthy": False, "problems": [f"worker {k}: {w}" for k, w in sorted(down.items())]}, 503)
+            return _json({"healthy": False, "problems": problems({}, down)}, 503)
         return _json(merge_status(docs, down))
 
     async def _page(self, request: web.Request) -> web.Response:
         docs, down = await self._docs("/status")
         if not docs:
-            return web.Response(status=503, text="no worker answers yet: " + "; ".join(
-                f"worker {k}: {w}" for k, w in sorted(down.items())) + "\n")
+            return web.Response(status=503, text="no worker answers yet: " + "; ".join(problems({}, down)) + "\n")
         return self.page(merge_status(docs, down))
 
     async def _reload(self, request: web.Request) -> web.Response:
@@ -234,8 +254,7 @@ class WorkersAdmin(AdminHttp):
         running config, as it would keep a single process's)."""
         got, down = await self._ask_all("/-/reload", "POST")
         if down:
-            return _json({"reloaded": False, "reason": "; ".join(f"worker {k}: {w}" for k, w in down.items())}, 409)
+            return _json({"reloaded": False, "reason": "; ".join(problems({}, down))}, 409)
         worst = max(status for status, _ in got.values())
-        reasons = [f"worker {k}: {orjson.loads(body).get('reason', '')}" for k, (status, body) in got.items()
-                   if status != 200]
+        reasons = by_worker([(k, _reason(body)) for k, (status, body) in got.items() if status != 200])
         return _json({"reloaded": worst == 200, **({"reason": "; ".join(reasons)} if reasons else {})}, worst)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from shipper.backoff import Backoff
+from shipper.backoff import Backoff, pause
 from shipper.buffer.base import Buffer
 from shipper.buffer.memory import MemoryBuffer
 from shipper.config import BufferType, Config, Discovery, ReadMode
@@ -299,7 +299,7 @@ class App:
                     self._spool_failing = True
                     delay = backoff.next_delay()
                     tel.spool_push_failed(self.metrics, e, delay)
-                    await asyncio.sleep(delay)
+                    await pause(delay)
         finally:
             self.ops.push_ended(batch)
 
@@ -463,7 +463,7 @@ class App:
                 self.metrics.inc("shipper_task_restarts_total", task=name)
                 delay = backoff.next_delay()
                 log.exception("task failed, restarting it task=%s retry_in=%.1fs", name, delay)
-                await asyncio.sleep(delay)
+                await pause(delay)
 
     async def _discover(self) -> None:
         if self._discovery_runs:  # restarted after a failure: a fresh client, the old one closed

@@ -9,6 +9,7 @@ fails at once (a full listing, a traceback in the log): the delay never drops be
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 _MAX_DOUBLINGS = 60  # 2**60 is past any cap; more would overflow the float product
@@ -38,3 +39,17 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+async def pause(delay: float) -> None:
+    """Sleep `delay` before a retry, unless this task was cancelled meanwhile.
+
+    Python 3.11's `asyncio.wait_for` loses a cancellation that arrives as the call it waits on finishes: it
+    returns that call's result or raises its error instead (CPython gh-86296). A retry loop that catches the
+    error (aiokafka connecting, say) would then retry for ever, and whoever cancelled it waits for ever. The
+    task still counts the request (`cancelling()`), so it is honoured here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    await asyncio.sleep(delay)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from shipper.backoff import Backoff
+from shipper.backoff import Backoff, pause
 from shipper.config import Config, Discovery
 from shipper.docker.client import ClientCertRefused, DockerClient, EventStream, since_from_ns
 from shipper.docker.metadata import (
@@ -236,7 +236,7 @@ class ApiDiscovery(ContainerDiscovery):
                 else:
                     log.log(level, "Docker API unreachable, will retry attempt=%d retry_in=%.2fs error=%s",
                             n, delay, err)
-            await asyncio.sleep(delay)
+            await pause(delay)
 
     def _on_synced(self, stream: EventStream) -> None:
         if stream.server_time is not None:
@@ -359,7 +359,7 @@ class ApiDiscovery(ContainerDiscovery):
                 delay = backoff.next_delay()
                 log.debug("inspect failed, will retry id=%s attempt=%d retry_in=%.2fs error=%s",
                           cid[:12], attempt, delay, e)
-                await asyncio.sleep(delay)
+                await pause(delay)
         if info is not None:
             await queue.put(("inspected", info))
 

@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from shipper.backoff import Backoff
+from shipper.backoff import Backoff, pause
 from shipper.buffer.base import Cursor, Lease
 from shipper.errors import FatalSinkError, RetryableSinkError
 from shipper.sinks.base import Request, Sink, pick
@@ -97,7 +97,7 @@ class SinkRunner:
                 delay = backoff.next_delay()
                 self._set_state("failing" if backoff.attempt >= FAILING_AFTER_ATTEMPTS else "retrying")
                 tel.sink_retry(self.metrics, self.name, e, backoff.attempt, delay, "start")
-                await asyncio.sleep(delay)
+                await pause(delay)
         self._set_state("up")
 
     async def run(self) -> None:
@@ -219,7 +219,7 @@ class SinkRunner:
         self._retrying[rid] = backoff.attempt
         self._update_state()
         tel.sink_retry(self.metrics, self.name, error, backoff.attempt, delay)
-        await asyncio.sleep(delay)
+        await pause(delay)
 
     def _delivered(self, n: int) -> None:
         if n <= 0:

@@ -278,3 +278,32 @@ async def test_a_sink_that_cannot_build_the_rest_of_a_partial_gives_it_up() -> N
     await p.stop()
     assert p.metrics.get("shipper_events_dropped_total", reason="sink_error", where="s") == 2
     assert p.metrics.get("shipper_events_sent_total", sink="s") == 2
+
+
+async def test_a_cancel_that_wait_for_turns_into_an_error_still_stops_the_runner() -> None:
+    """Python 3.11's wait_for, cancelled as the call it waits on fails, raises that failure instead of
+    CancelledError (aiokafka's connect does this). The runner must stop anyway, not retry for ever."""
+    loop = asyncio.get_running_loop()
+
+    class Connecting(ScriptedSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.connect: asyncio.Future[None] | None = None
+            self.starts = 0
+
+        async def start(self) -> None:
+            self.starts += 1
+            self.connect = loop.create_future()
+            await asyncio.wait_for(self.connect, 10)
+
+    sink = Connecting()
+    p = Pipeline(sink)
+    await p.push(1)
+    p.start()
+    await p.until(lambda: sink.connect is not None)
+    assert p.task is not None and sink.connect is not None
+    p.task.cancel()
+    sink.connect.set_exception(OSError("certificate verify failed"))  # in the same turn as the cancel
+    done, _ = await asyncio.wait([p.task], timeout=2)
+    assert p.task in done and p.task.cancelled()
+    assert sink.starts == 1

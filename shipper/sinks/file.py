@@ -6,6 +6,14 @@ path is checked (one stat) against the open file's device and inode, so a file r
 inode nobody can see, and a file truncated under us (logrotate's `copytruncate`) resets the size that
 rotation counts. A write that fails (a full disk) is cut back to where it started, so the retry does not
 leave half a line.
+
+Where the write happens: into a regular file on a local filesystem a write only copies into the page cache,
+so it is made on the event loop, as Fluent Bit's and Filebeat's file outputs make it; handing it to a thread
+cost a sixth of the daemon's CPU (the two threads on two cores, the GIL between them). Anything that can
+block for long goes through a thread: a FIFO or a device, a network or unknown filesystem, `fsync = true`,
+a write that rotates the file (removing the oldest waits for its pages still being written back), a write
+while another worker holds the file's lock, and every write for SLOW_WRITES_APART seconds after one that
+took longer than SLOW_WRITE_SECS on the loop.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import logging
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass
 
 from shipper.errors import ConfigError, RetryableSinkError
@@ -31,6 +40,12 @@ from shipper.telemetry.metrics import Metrics
 
 log = logging.getLogger("shipper.sinks.file")
 _MODE = re.compile(r"^(?:0o?)?([0-7]{3})$")
+SLOW_WRITE_SECS = 0.05  # a write on the loop that took longer moves this sink's writes to a thread...
+SLOW_WRITES_APART = 60.0  # ...for this long
+# Filesystems on a local block device or in memory, where writing to a file fills the page cache and does not
+# wait for a server: ext2/3/4, XFS, btrfs, ZFS and the rest; the container's own overlay and tmpfs.
+LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs",
+                               "bcachefs", "overlay", "tmpfs", "ramfs", "vfat", "exfat", "ntfs3", "hfsplus"})
 
 
 def parse_mode(text: str) -> int:
@@ -80,6 +95,21 @@ def group_id(group: str) -> int:
     return grp.getgrnam(group).gr_gid
 
 
+def filesystem_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The type of the filesystem that holds `path`, by its device number in mountinfo; "" when unknown."""
+    try:
+        st = os.stat(path)
+        dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == dev and "-" in fields:
+                    return fields[fields.index("-") + 1]  # after the optional fields and their "-"
+    except (OSError, IndexError):
+        pass
+    return ""
+
+
 def _path_followed(m: Metrics, sink: str, path: str, reason: str) -> None:
     """The path no longer named the file the sink had open (or the file shrank): followed, nothing lost."""
     m.inc("shipper_sink_file_followed_total", sink=sink, reason=reason)
@@ -127,13 +157,20 @@ class FileSink(Sink):
         self._file: _OpenFile | None = None
         self._size = 0  # of the open file, as far as we wrote it or last saw it
         self._lock = asyncio.Lock()
-        self._writing: asyncio.Future[None] | None = None
+        self._writing: asyncio.Future[bool] | None = None
+        self.on_loop = False  # writes made on the event loop (see the module's docstring)
+        self._threaded_until = 0.0  # monotonic time until which writes go through a thread: one was slow
 
     async def start(self) -> None:
         try:
             await asyncio.to_thread(self._open)
+            fs = await asyncio.to_thread(filesystem_of, os.path.dirname(os.path.abspath(self.path)))
         except OSError as e:
             raise RetryableSinkError(f"cannot open {self.path}: {e}") from e
+        regular = self._file is not None and self._file.regular
+        self.on_loop = regular and not self.config.fsync and fs in LOCAL_FILESYSTEMS
+        log.info("file sink sink=%s path=%s filesystem=%s writes=%s", self.context.name, self.path, fs or "unknown",
+                 "on the event loop" if self.on_loop else "in a thread")
 
     # --- the descriptor: opened and closed here only ----------------------------------------------------
 
@@ -221,16 +258,47 @@ class FileSink(Sink):
 
     async def send(self, request: Request) -> None:
         async with self._lock:  # requests in flight append one after another, whole
-            self._writing = asyncio.ensure_future(asyncio.to_thread(self._append, request.payload))
             try:
+                if self._write_on_loop(len(request.payload)) and self._append_on_loop(request.payload):
+                    return
+                self._writing = asyncio.ensure_future(asyncio.to_thread(self._append, request.payload))
                 await asyncio.shield(self._writing)  # cancelled, the write still finishes before close()
             except OSError as e:
                 raise RetryableSinkError(f"cannot write {self.path}: {e}") from e
 
-    def _append(self, data: bytes) -> None:
-        """In a worker thread: a write, a rotation or an fsync must not stall the event loop. Under an
-        exclusive lock of the file's folder, so that the workers of one shipper (`[pipeline] workers`), all
-        appending to this path, rotate it once and never between another's check and write."""
+    def _write_on_loop(self, size: int) -> bool:
+        if not self.on_loop or self._file is None or time.monotonic() < self._threaded_until:
+            return False
+        return not self._rotation_due(size)  # a rotation goes through the thread
+
+    def _rotation_due(self, size: int) -> bool:
+        """Appending `size` bytes would take a regular file that holds something past `max_bytes`."""
+        f = self._file
+        return bool(self.config.max_bytes and self._size and self._size + size > self.config.max_bytes
+                    and f is not None and f.regular)
+
+    def _append_on_loop(self, data: bytes) -> bool:
+        """False, having written nothing, when another worker holds the folder's lock (it may be rotating)."""
+        start = time.monotonic()
+        try:
+            return self._append(data, wait=False)
+        finally:
+            took = time.monotonic() - start
+            if took > SLOW_WRITE_SECS:
+                self._threaded_until = start + took + SLOW_WRITES_APART
+                m = self.context.metrics
+                first = not m.get("shipper_sink_file_slow_writes_total", sink=self.context.name)
+                m.inc("shipper_sink_file_slow_writes_total", sink=self.context.name)
+                (log.warning if first else log.info)(
+                    "file sink writes in a thread for %.0f s sink=%s path=%s reason=slow-write (a write of %d "
+                    "bytes took %.0f ms on the event loop, where every reader waits; counted in "
+                    "shipper_sink_file_slow_writes_total)", SLOW_WRITES_APART, self.context.name, self.path,
+                    len(data), took * 1000)
+
+    def _append(self, data: bytes, wait: bool = True) -> bool:
+        """Under an exclusive lock of the file's folder, so that the workers of one shipper (`[pipeline]
+        workers`), all appending to this path, rotate it once and never between another's check and write.
+        Without `wait`, False when another holds the lock."""
         where = os.path.dirname(os.path.abspath(self.path))
         try:
             folder = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -238,8 +306,12 @@ class FileSink(Sink):
             self._open()
             folder = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.flock(folder, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
             self._append_locked(data)
+            return True
         finally:
             os.close(folder)  # releases the lock
 
@@ -249,8 +321,7 @@ class FileSink(Sink):
         else:
             self._follow_path(self._file)
         assert self._file is not None
-        if (self.config.max_bytes and self._size and self._size + len(data) > self.config.max_bytes
-                and self._file.regular):
+        if self._rotation_due(len(data)):
             self._rotate()
         for _ in range(2):
             f = self._file

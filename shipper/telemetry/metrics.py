@@ -106,6 +106,9 @@ HELP: dict[str, Spec | str] = {
                                          "sink"),
     "shipper_sink_resent_events_total": counter("Events sent again: their connection was lost before they were "
                                                 "acknowledged.", "sink"),
+    "shipper_sink_file_slow_writes_total": counter("Writes of a file sink that took longer than 50 ms on the "
+                                                   "event loop; its writes then go through a thread for a "
+                                                   "minute.", "sink"),
     "shipper_sink_file_followed_total": counter("Times a file sink reopened its path (removed, moved, replaced, "
                                                 "truncated).", "sink", "reason"),
     "shipper_sink_torn_bytes_total": counter("Bytes of a torn last line (left by a crash) a file sink cut at "

@@ -267,6 +267,112 @@ async def test_a_fifo_is_written_not_rotated_or_followed(tmp_path: Path) -> None
     assert m.get("shipper_sink_file_followed_total") == 0
 
 
+# --- where the write happens: the event loop, or a thread when it may block -------------------------------
+
+
+def record_threads(sink: FileSink) -> list[bool]:
+    """Per `_append` call, whether it ran in the event loop's thread."""
+    import threading
+    loop_thread = threading.get_ident()
+    on_loop: list[bool] = []
+    real = sink._append
+
+    def append(data: bytes, wait: bool = True) -> bool:
+        on_loop.append(threading.get_ident() == loop_thread)
+        return real(data, wait)
+
+    sink._append = append  # type: ignore[method-assign]
+    return on_loop
+
+
+def test_filesystem_of_reads_the_type_after_the_optional_fields(tmp_path: Path) -> None:
+    st = os.stat(tmp_path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    info = tmp_path / "mountinfo"
+    info.write_text(f"36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw\n"
+                    f"37 35 {dev} / /srv rw,relatime shared:7 master:2 - nfs4 server:/export rw,vers=4.2\n")
+    assert file_sink.filesystem_of(str(tmp_path), str(info)) == "nfs4"
+    info.write_text("36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw\n")
+    assert file_sink.filesystem_of(str(tmp_path), str(info)) == ""  # not found: unknown, so a thread
+    assert file_sink.filesystem_of(str(tmp_path / "missing")) == ""
+    assert file_sink.filesystem_of(str(tmp_path)) != ""  # this machine's real mountinfo
+
+
+async def test_a_local_file_is_written_on_the_loop_and_a_rotation_in_a_thread(tmp_path: Path) -> None:
+    assert file_sink.filesystem_of(str(tmp_path)) in file_sink.LOCAL_FILESYSTEMS, "tmp_path not on a local fs"
+    sink = make_sink(tmp_path, max_bytes=1000, max_files=3)
+    await sink.start()
+    on_loop = record_threads(sink)
+    await send_lines(sink, *numbered("r", 6))
+    await sink.close()
+    assert sink.on_loop
+    lines = [orjson.loads(x)["message"] for f in ("out.jsonl.1", "out.jsonl")
+             for x in (tmp_path / f).read_bytes().splitlines()]
+    assert lines == numbered("r", 6)
+    assert on_loop.count(False) == 1 and on_loop[0]  # the one write that rotated went through the thread
+
+
+@pytest.mark.parametrize("keys", [{"fsync": True}, {"path": "fifo"}])
+async def test_fsync_or_a_fifo_writes_in_a_thread(tmp_path: Path, keys: dict[str, object]) -> None:
+    reader = -1
+    if keys.get("path") == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        reader = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+        keys = {"path": str(tmp_path / "fifo")}
+    try:
+        sink = make_sink(tmp_path, **keys)
+        await sink.start()
+        on_loop = record_threads(sink)
+        await send_lines(sink, *numbered("t", 3))
+        await sink.close()
+    finally:
+        if reader >= 0:
+            os.close(reader)
+    assert not sink.on_loop and on_loop == [False] * 3
+
+
+async def test_while_another_worker_holds_the_folder_the_write_waits_in_a_thread(tmp_path: Path) -> None:
+    """Workers share the file under an flock of its folder; one that holds it (rotating, say) must not stall
+    another's event loop: the loop does not wait for the lock, the thread does."""
+    import fcntl
+    sink = make_sink(tmp_path)
+    await sink.start()
+    on_loop = record_threads(sink)
+    other = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # another open file description: a real rival
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        task = asyncio.create_task(send_lines(sink, "waited"))
+        await asyncio.sleep(0.2)
+        assert not task.done() and (tmp_path / "out.jsonl").read_bytes() == b""
+        assert on_loop == [True, False]  # tried on the loop without waiting, then waiting in the thread
+    finally:
+        os.close(other)  # releases the lock
+    await task
+    await sink.close()
+    assert [orjson.loads(x)["message"] for x in (tmp_path / "out.jsonl").read_bytes().splitlines()] == ["waited"]
+
+
+async def test_a_slow_write_sends_the_next_ones_to_a_thread_for_a_while(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow disk cannot be made on demand here: a threshold of 0 makes every write on the loop "slow"."""
+    m = Metrics()
+    sink = make_sink(tmp_path, m)
+    await sink.start()
+    on_loop = record_threads(sink)
+    monkeypatch.setattr(file_sink, "SLOW_WRITE_SECS", 0.0)
+    await send_lines(sink, *numbered("s", 3))
+    assert on_loop == [True, False, False]
+    assert m.get("shipper_sink_file_slow_writes_total", sink="f") == 1
+    monkeypatch.setattr(file_sink, "SLOW_WRITES_APART", 0.0)
+    sink._threaded_until = 0.0  # the minute has passed: back on the loop, slow again, counted again
+    await send_lines(sink, "s3")
+    await sink.close()
+    assert on_loop == [True, False, False, True]
+    assert m.get("shipper_sink_file_slow_writes_total", sink="f") == 2
+    assert [orjson.loads(x)["message"] for x in (tmp_path / "out.jsonl").read_bytes().splitlines()] == \
+        numbered("s", 4)
+
+
 # --- a full disk --------------------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from shipper.sinks.syslog.encode import (
     Format,
     Framing,
     Severity,
+    Stamps,
     SyslogEncoder,
     Template,
     check_sd_id,
@@ -87,6 +88,34 @@ def test_impossible_time_is_nilvalue_and_counted(ts: str) -> None:
 ])
 def test_real_times_at_the_edges_pass(ts: str, want: str) -> None:
     assert rfc5424_timestamp(ts) == want
+
+
+# Times in the order a container could write them: the stamp of a second is kept and reused, so a time that
+# shares a kept second's first 20 characters but is not a time itself must still be refused.
+SECOND_RUN = [
+    "2024-05-01T12:34:56.123456789Z", "2024-05-01T12:34:56.5Z", "2024-05-01T12:34:56.123456Z",
+    "2024-05-01T12:34:56.1234567890123Z", "2024-05-01T12:34:56.12a4Z", "2024-05-01T12:34:56.\u0661\u0662Z",
+    "2024-05-01T12:34:56.Z", "2024-05-01T12:34:56.99+02:00", "2024-05-01T12:34:56.7z", "2024-05-01T12:34:56Z",
+    "2024-05-01T12:34:57.000000001Z", "2024-05-01T12:34:56.25Z", "2024-05-01 12:34:56,5Z",
+    "2024-05-01 12:34:56,75Z", "2024-05-01T12:34:56,5Z", "2023-02-29T12:00:00.5Z", "2023-02-29T12:00:00.6Z",
+    "2024-02-29T23:59:59.999Z", "2024-02-29T23:59:59.9990Z", "yesterday", "2024-02-29T23:59:59.1Z",
+]
+
+
+@pytest.mark.parametrize("rfc3164", [False, True])
+def test_stamps_kept_per_second_give_what_each_time_alone_gives(rfc3164: bool) -> None:
+    stamps = Stamps(rfc3164)
+    for ts in SECOND_RUN + SECOND_RUN[::-1]:
+        alone = rfc3164_timestamp(ts) if rfc3164 else rfc5424_timestamp(ts)
+        assert stamps.stamp(ts) == (None if alone == "-" else alone), ts
+
+
+def test_a_batch_of_one_second_counts_its_bad_times_and_stamps_the_rest() -> None:
+    batch = Batch(META, [Event(ts, "m") for ts in SECOND_RUN])
+    out = SyslogEncoder(OPTS).encode_batch(batch, 4096, None)
+    stamps = [m.split(b" ")[1].decode() for m in out.messages]
+    assert stamps == [rfc5424_timestamp(ts) for ts in SECOND_RUN]
+    assert out.bad_timestamps == sum(rfc5424_timestamp(ts) == "-" for ts in SECOND_RUN) == 6
 
 
 def test_every_day_of_a_leap_and_a_common_year_as_datetime_says() -> None:

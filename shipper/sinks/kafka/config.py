@@ -82,9 +82,9 @@ class KafkaConfig(SinkBase):
     enable_idempotence: bool = doc(False, "idempotent producer: no duplicates from the producer's own retries "
                                           "(needs a broker that grants producer ids)")
     client_id: str = doc("shipper", "client id the brokers see")
-    max_in_flight: int = doc(4, "requests sent and not yet answered (each spans many partitions); 1 keeps the "
+    max_in_flight: int = doc(2, "requests sent and not yet answered (each spans many partitions); 1 keeps the "
                                 "order per container across retries")
-    batch_max_events: int = doc(4096, "most events in one request (records are never split)")
+    batch_max_events: int = doc(1024, "most events in one request (records are never split)")
     tls: bool = doc(False, "connect with TLS (the tls_* keys apply)")
     tls_ca: str = doc("", "CA bundle that signed the brokers' certificates (default: system roots)")
     tls_cert: str = doc("", "client certificate, for brokers that require mutual TLS")

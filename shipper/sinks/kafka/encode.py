@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from shipper.event import FLAG_LISTS, Batch, ContainerMeta, Event, Flag, event_id
+from shipper.event import FLAG_LISTS, Batch, ContainerMeta, Event, Flag, event_ids
 from shipper.sinks.fields import LABEL_PREFIX, template_field
 from shipper.timefmt import NS_PER_SEC, parse_ns
 
@@ -270,11 +270,11 @@ class KafkaEncoder:
         topic, key = route(meta, "stdout")
         fixed = base + (len(key) if key else 0)
         extra: tuple[Header, ...] | None = None
-        for ev in batch.events:
+        events = batch.events
+        for ev, eid in zip(events, event_ids(cid, events), strict=True):  # ids: the container's part once
             if per_stream:
                 topic, key = route(meta, ev.stream)
                 fixed = base + (len(key) if key else 0)
-            eid = event_id(cid, ev)
             if ecs:
                 head: dict[str, Any] = {"@timestamp": ev.timestamp, "message": ev.message, "stream": ev.stream,
                                         "event": {"id": eid}}

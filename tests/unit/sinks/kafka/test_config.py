@@ -23,8 +23,8 @@ def test_defaults() -> None:
     assert (cfg.topic, cfg.default_topic, cfg.key) == ("logs", "logs", "{container.id}")
     assert cfg.partitioner is Partitioner.HASH and cfg.value is ValueFormat.ECS
     assert cfg.acks is Acks.ALL and cfg.compression is Compression.ZSTD and cfg.oversize is Oversize.TRUNCATE
-    assert cfg.max_in_flight == 4, "Kafka keeps many partitions in flight: more than the engine's default 1"
-    assert cfg.batch_max_events == 4096
+    assert cfg.max_in_flight == 2, "Kafka keeps many partitions in flight: more than the engine's default 1"
+    assert cfg.batch_max_events == 1024
     assert not cfg.enable_idempotence and not cfg.tls and cfg.sasl_mechanism is SaslMechanism.NONE
 
 

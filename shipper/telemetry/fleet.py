@@ -240,13 +240,14 @@ class WorkersAdmin(AdminHttp):
     async def _status(self, request: web.Request) -> web.Response:
         docs, down = await self._docs("/status")
         if not docs:
-            return _json({"healthy": False, "problems": problems({}, down)}, 503)
+            return _json({"healthy": False, "problems": by_worker(list(down.items()))}, 503)
         return _json(merge_status(docs, down))
 
     async def _page(self, request: web.Request) -> web.Response:
         docs, down = await self._docs("/status")
         if not docs:
-            return web.Response(status=503, text="no worker answers yet: " + "; ".join(problems({}, down)) + "\n")
+            why = "; ".join(by_worker(list(down.items())))
+            return web.Response(status=503, text=f"no worker answers yet: {why}\n")
         return self.page(merge_status(docs, down))
 
     async def _reload(self, request: web.Request) -> web.Response:
@@ -254,7 +255,7 @@ class WorkersAdmin(AdminHttp):
         running config, as it would keep a single process's)."""
         got, down = await self._ask_all("/-/reload", "POST")
         if down:
-            return _json({"reloaded": False, "reason": "; ".join(problems({}, down))}, 409)
+            return _json({"reloaded": False, "reason": "; ".join(by_worker(list(down.items())))}, 409)
         worst = max(status for status, _ in got.values())
         reasons = by_worker([(k, _reason(body)) for k, (status, body) in got.items() if status != 200])
         return _json({"reloaded": worst == 200, **({"reason": "; ".join(reasons)} if reasons else {})}, worst)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.abc
 import importlib.machinery
@@ -116,3 +117,58 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "state"
     d.mkdir()
     yield d
+
+
+LONG_SEQUENCE = 40  # items; longer lists are compared in summary
+
+
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: object, right: object) -> list[str] | None:
+    """Long lists compared with == are explained by what differs (the first difference, what one holds and
+    the other not, what repeats) instead of pytest's full diff, which under CI prints every item twice and
+    pushes the test's name out of the part of the log that is kept."""
+    if op != "==" or not isinstance(left, list) or not isinstance(right, list):
+        return None
+    if max(len(left), len(right)) <= LONG_SEQUENCE:
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(left, right, strict=False)) if a != b), min(len(left), len(right)))
+    lines = [f"two lists differ: {len(left)} items == {len(right)} items, first at index {first}: "
+             f"{_around(left, first)} == {_around(right, first)}"]
+    try:
+        only_left, only_right = _multiset_minus(left, right), _multiset_minus(right, left)
+    except TypeError:  # unhashable items: the first difference is all there is
+        return lines
+    for side, items in (("left", only_left), ("right", only_right)):
+        if items:
+            lines.append(f"only in {side} ({len(items)}): {_ranges(items)}")
+    if not only_left and not only_right:
+        lines.append("the same items in another order")
+    return lines
+
+
+def _around(items: list[Any], i: int) -> str:
+    return repr(items[max(0, i - 2):i + 3])[:300]
+
+
+def _multiset_minus(a: list[Any], b: list[Any]) -> list[Any]:
+    """The items of `a` that `b` does not hold as often, in `a`'s order."""
+    extra = collections.Counter(a) - collections.Counter(b)
+    out = []
+    for x in a:
+        if extra[x] > 0:
+            extra[x] -= 1
+            out.append(x)
+    return out
+
+
+def _ranges(items: list[Any], limit: int = 12) -> str:
+    """Integers as runs (`5..9, 12`), anything else as its first items."""
+    if not all(isinstance(x, int) for x in items):
+        return repr(items[:limit])[:400] + (" ..." if len(items) > limit else "")
+    runs: list[list[int]] = []
+    for x in sorted(items):
+        if runs and x in (runs[-1][1], runs[-1][1] + 1):
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    text = ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in runs[:limit])
+    return text + (f", ... ({len(runs)} runs)" if len(runs) > limit else "")

@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from shipper.replay import parse_time
+from shipper.workers import shard_of
 from tests.integration.delivery_support import (
     GAP_MARK,
     CrashAccount,
@@ -79,6 +80,9 @@ max_bytes = 0
     d.start()
     cmd = counting_loop(per, "payload", burst=2000, pause=1)
     cs = [run_container(cmd, labels=d.labels) for _ in range(3)]
+    while len({shard_of(c.id, workers) for c in cs}) < workers:  # ids are random: every worker gets one
+        assert len(cs) < 12, "container ids keep falling to one worker"
+        cs.append(run_container(cmd, labels=d.labels))
     account = CrashAccount(d, cs)
     started = time.monotonic()
     for _ in range(kills):
@@ -93,7 +97,16 @@ max_bytes = 0
         got = by_container(read_sink(d.out).events)
         return all(len(set(numbers([e["message"] for e in got[c.name]]))) >= per for c in cs)
 
-    wait_until(complete, 120, f"all {per} lines of each container after {kills} kills", alive=d)
+    try:
+        wait_until(complete, 120, f"all {per} lines of each container after {kills} kills", alive=d)
+    except AssertionError as timed_out:  # what is missing where, and the seed that replays the kills
+        got = by_container(read_sink(d.out).events)
+        said = []
+        for c in cs:
+            if m := sorted(set(range(per)) - set(numbers([ev["message"] for ev in got[c.name]]))):
+                said.append(f"{c.name} (worker {shard_of(c.id, workers)}): {len(m)} missing, {m[:3]} .. {m[-3:]}")
+        raise AssertionError(f"SHIPPER_TEST_SEED={seed}: {'; '.join(said)}; line each container resumed at, "
+                             f"last kills: {account.resumes[-3:]}\n{timed_out}") from None
     assert d.stop() == 0
     sink = read_sink(d.out)
     got = by_container(sink.events)

@@ -224,9 +224,16 @@ async def test_rename_yields_the_new_name(start, discoveries, docker_client) -> 
         c = await start("sleep 60", name=old)
         await col.until(id_is(c.id, "start"))
         await asyncio.to_thread(docker_client.api.rename, c.id, new)
-        ch = await col.until(id_is(c.id))
-        assert ch.kind == "rename" and ch.info is not None and ch.info.meta.name == new
+        ch = await col.until(id_is(c.id, "rename"))
+        assert ch.info is not None and ch.info.meta.name == new
         assert disc.known[c.id].meta.name == new
+        # the inspect after the start may report its details ("update") before or after the rename: before
+        # it under the old name, after it never
+        mine = [x for x in col.seen if x.id == c.id]
+        at = next(i for i, x in enumerate(mine) if x is ch)
+        assert mine[0].kind == "start", mine
+        assert all(x.kind == "update" and x.info is not None and x.info.meta.name == old for x in mine[1:at]), mine
+        assert all(x.kind == "update" and x.info is not None and x.info.meta.name == new for x in mine[at + 1:]), mine
     finally:
         await col.stop()
 
@@ -310,15 +317,18 @@ async def test_file_discovery_needs_no_socket(start, docker_client) -> None:
     name = unique("files")
     try:
         c = await start("sh -c 'echo up; sleep 60'", name=name, labels={"via": "files"})
-        ch = await col.until(id_is(c.id))
-        assert ch.kind == "start" and ch.info is not None and ch.info.running
+        # a scan between create and start reports it stopped first (its logs are read all the same)
+        ch = await col.until(lambda ch: id_is(c.id, "start")(ch) and ch.info is not None and ch.info.running)
+        assert ch.info is not None
         assert (ch.info.meta.name, ch.info.meta.image) == (name, TEST_IMAGE)
         assert ch.info.meta.labels == {OWN_LABEL: "1", "via": "files"}
         assert os.path.exists(ch.info.log_path)
         await asyncio.to_thread(c.kill)
-        assert (await col.until(id_is(c.id))).kind == "stop"
+        assert (await col.until(id_is(c.id, "stop", "remove"))).kind == "stop"
         await asyncio.to_thread(c.remove)
-        assert (await col.until(id_is(c.id))).kind == "remove"
+        gone = await col.until(id_is(c.id, "remove"))
+        assert gone.info is not None and gone.info.meta.name == name
+        assert [x.kind for x in col.seen if x.id == c.id][-2:] == ["stop", "remove"]
     finally:
         await col.stop()
 

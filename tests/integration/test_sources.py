@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -104,6 +105,11 @@ def gap_metrics(col: Collect) -> tuple[float, float, float, float]:
             m.get("shipper_log_gap_lines_total"), m.get("shipper_log_gap_possible_total"))
 
 
+def said_gaps(col: Collect) -> str:
+    """The gap counters, for a failure's message."""
+    return "gaps, bytes, lines, possible gaps: {}, {}, {}, {}".format(*gap_metrics(col))
+
+
 def assert_gaps_account_for(col: Collect, missing: list[int]) -> None:
     """What the gap metrics say is what is missing at the sink.
 
@@ -141,7 +147,8 @@ async def docker_api(docker_client: Any) -> AsyncIterator[DockerClient]:
 # --- json-file ---------------------------------------------------------------------------------------------
 
 
-async def test_burst_through_dockerd_rotation_every_line_once_in_order(run_container: Any) -> None:
+async def test_burst_through_dockerd_rotation_every_line_once_in_order(run_container: Any,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """20,000 lines through max-size=64k, max-file=3: about 25 rotations in some 60 ms, each file deleted
     ~5 ms after it stops being written.
 
@@ -151,6 +158,7 @@ async def test_burst_through_dockerd_rotation_every_line_once_in_order(run_conta
     long as it is reported: every missing range must have its gap, nothing may be repeated or reordered,
     and with no gap reported every line must be there. The gap metrics say exactly how many files were
     lost, and how much that is at least (see assert_gaps_account_for)."""
+    caplog.set_level(logging.DEBUG, "shipper.sources.jsonfile")  # each rotation the reader saw, on failure
     c = run_container(f"sh -c '{WAIT_GO}; seq 1 {BURST}'", log_config=ROTATING)
     col = Collect()
     col.name = c.name
@@ -166,7 +174,7 @@ async def test_burst_through_dockerd_rotation_every_line_once_in_order(run_conta
     await asyncio.wait_for(task, 10)
 
     got = [int(m) for m in col.messages]
-    assert got == sorted(set(got)), "repeated or out of order"
+    assert got == sorted(set(got)), f"repeated or out of order; {said_gaps(col)}"
     assert col.metrics.get("shipper_lines_invalid_total") == 0
     missing = sorted(set(range(1, BURST + 1)) - set(got))
     ranges = sum(1 for i, n in enumerate(missing) if i == 0 or missing[i - 1] != n - 1)
@@ -230,12 +238,14 @@ async def test_a_file_rotated_away_while_the_reader_cannot_look_is_one_gap(run_c
     assert_gaps_account_for(col, missing)
 
 
-async def test_a_checkpoint_rotated_away_is_reported_as_the_exact_gap(run_container: Any) -> None:
+async def test_a_checkpoint_rotated_away_is_reported_as_the_exact_gap(run_container: Any,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A reader stopped while the container writes 20,000 lines: its checkpoint's file is deleted by the
     time it restarts. The restart reports one gap and delivers the rest exactly once, in order, so the
     lines lost are one contiguous range starting right after the checkpoint. The file was deleted after it
     reached max-size, so from the checkpoint to max-size at least was lost: the gap says exactly that much
     (lost_bytes>=64,000 minus the position); what was deleted after it, nothing on disk tells."""
+    caplog.set_level(logging.DEBUG, "shipper.sources.jsonfile")
     c = run_container(f"sh -c 'seq 1 100; {WAIT_GO}; seq 101 {BURST}'", log_config=ROTATING)
     first = Collect()
     src = JsonFileSource(info_of(c), first.ctx, None)
@@ -255,7 +265,8 @@ async def test_a_checkpoint_rotated_away_is_reported_as_the_exact_gap(run_contai
     src.removed()
     await asyncio.wait_for(task, 10)
     got = [int(m) for m in second.messages]
-    assert got == list(range(got[0], BURST + 1))  # one contiguous run to the end: no repeat, no hole
+    assert got == list(range(got[0], BURST + 1)), \
+        f"not one contiguous run to the end; {said_gaps(second)}"
     assert got[0] > 101
     assert second.metrics.get("shipper_log_gap_total", container=c.name, reason="rotated_before_read") == 1
     assert second.metrics.get("shipper_log_gap_total") == 1

@@ -120,6 +120,9 @@ async def test_reader_beside_a_running_spool_changes_nothing(tmp_path: Path) -> 
     half = fmt.encode(7, 0, make_batch(6))
     with open(newest, "ab") as f:  # what a reader sees while the daemon is in the middle of a write
         f.write(half[:30])
+    # the spool's own ledger writes, already handed to a worker thread, land first: from here to the end the
+    # test runs without yielding to the loop, so only the reader could change the files
+    await o.spool.idle()
     ledger = (tmp_path / "ledger.json").read_bytes()
     sizes = {p: p.stat().st_size for p in segment_files(tmp_path)}
 

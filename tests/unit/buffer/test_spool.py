@@ -15,7 +15,6 @@ import pytest
 
 from shipper.buffer import segment as fmt
 from shipper.buffer.spool import DiskSpool, SpoolReader
-from shipper.buffer.spool.disk import LEDGER_SAVE_SECS
 from shipper.config import BufferConfig, FsyncPolicy, WhenFull
 from shipper.errors import SpoolError
 from shipper.event import Checkpoint
@@ -547,6 +546,8 @@ async def test_new_sink_starts_at_oldest_undelivered(tmp_path: Path) -> None:
 CHILD = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
+    import orjson
+    from shipper.buffer.ledger import Ledger
     from shipper.buffer.spool import DiskSpool
     from shipper.config import BufferConfig, FsyncPolicy
     from shipper.event import Batch, Checkpoint, ContainerMeta, Event
@@ -554,9 +555,21 @@ CHILD = textwrap.dedent("""
 
     META = ContainerMeta("c1", "web")
 
+    def say(line):  # one write a line: the ledger's worker thread prints too
+        sys.stdout.write(line + "\\n")
+        sys.stdout.flush()
+
+    write = Ledger.write
+
+    def write_and_say(self, snap, fsync=False):  # what the ledger on disk says once a save is done
+        write(self, snap, fsync)
+        say(f"saved {orjson.loads(snap[1])['cursors'].get('s', -1)}")
+
+    Ledger.write = write_and_say
+
     async def main():
         sp = DiskSpool(Path(sys.argv[1]), BufferConfig(fsync=FsyncPolicy.ALWAYS, segment_bytes=3000),
-                       Metrics(), lambda cp: print("safe", cp.position, flush=True))
+                       Metrics(), lambda cp: say(f"safe {cp.position}"))
         await sp.open()
         cur = sp.cursor("s")
 
@@ -564,7 +577,7 @@ CHILD = textwrap.dedent("""
             while True:
                 seq, b = await cur.next()
                 await asyncio.sleep(0.002)
-                print("acking", b.events[0].message, flush=True)
+                say(f"acking {b.events[0].message.split('-')[0]} {seq}")
                 cur.ack(seq)
 
         task = asyncio.create_task(sink())
@@ -579,29 +592,35 @@ CHILD = textwrap.dedent("""
 
 
 def test_sigkill_loses_nothing_made_safe(tmp_path: Path) -> None:
-    """A real crash: the writing process is SIGKILLed mid-stream, then the spool is reopened."""
+    """A real crash: the writing process is SIGKILLed mid-stream, then the spool is reopened. Nothing made
+    safe is lost, and what comes again was acked after the last ledger save that the child saw done."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, env=env,
                             text=True)
     assert proc.stdout is not None
     safe: set[int] = set()
-    acked: list[int] = []
-    for line in proc.stdout:
-        kind, value = line.split()
+    acked: dict[int, int] = {}  # batch number -> spool sequence
+    saved = -1  # the highest acked sequence a finished ledger save held
+
+    def take(line: str) -> None:
+        nonlocal saved
+        kind, *values = line.split()
         if kind == "safe":
-            safe.add(int(value))
+            safe.add(int(values[0]))
+        elif kind == "acking":
+            acked[int(values[0])] = int(values[1])
         else:
-            acked.append(int(value.split("-")[0]))
-        if len(safe) >= 300 and len(acked) >= 50:
+            saved = max(saved, int(values[0]))
+
+    for line in proc.stdout:
+        take(line)
+        # kill once a save is done and acks came after it (a save covers acks up to ~0.2 s old)
+        if (len(safe) >= 300 and saved >= 0 and max(acked.values(), default=-1) >= saved + 3) or len(acked) >= 5000:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for line in proc.stdout:  # whatever it printed before dying
-        kind, value = line.split()
-        if kind == "safe":
-            safe.add(int(value))
-        else:
-            acked.append(int(value.split("-")[0]))
+        take(line)
 
     async def reread() -> list[int]:
         o = await open_spool(tmp_path, config(fsync=FsyncPolicy.ALWAYS, segment_bytes=3000))
@@ -617,9 +636,10 @@ def test_sigkill_loses_nothing_made_safe(tmp_path: Path) -> None:
     again = asyncio.run(reread())
     assert safe - set(acked) - set(again) == set(), "a batch made safe was lost"
     assert again == sorted(again)
-    # re-delivered: at most the acks since the last ledger save (saved every LEDGER_SAVE_SECS, the child acks
-    # one batch per 2 ms or slower), and the save then in flight
-    assert len(set(again) & set(acked)) <= 2 * int(LEDGER_SAVE_SECS / 0.002) + 2
+    resent = set(again) & set(acked)
+    assert saved >= 0, "no ledger save finished"
+    early = sorted(k for k in resent if acked[k] <= saved)
+    assert not early, f"re-delivered though a finished ledger save had their acks: {early[:10]} (saved {saved})"
 
 
 # --- a crash before the checkpoints were released ---------------------------------------------------------

@@ -28,6 +28,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from shipper.errors import ConfigError, RetryableSinkError
@@ -163,7 +164,7 @@ class FileSink(Sink):
 
     async def start(self) -> None:
         try:
-            await asyncio.to_thread(self._open)
+            await asyncio.to_thread(self._open_locked)
             fs = await asyncio.to_thread(filesystem_of, os.path.dirname(os.path.abspath(self.path)))
         except OSError as e:
             raise RetryableSinkError(f"cannot open {self.path}: {e}") from e
@@ -174,11 +175,41 @@ class FileSink(Sink):
 
     # --- the descriptor: opened and closed here only ----------------------------------------------------
 
-    def _open(self) -> None:
-        """Open (creating it with `mode`) the file at `path` for appending, closing the one open before."""
-        self._close_file()
+    def _make_folder(self) -> None:
         folder_mode = 0o700 | (0o050 if self._mode & 0o040 else 0)  # a group that may read the files may enter
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=folder_mode, exist_ok=True)
+
+    @contextlib.contextmanager
+    def _folder_locked(self, wait: bool = True) -> Iterator[bool]:
+        """An exclusive lock of the file's folder, held by whoever opens, cuts, rotates or appends to the file:
+        the workers of one shipper (`[pipeline] workers`) all append to this path, and one that cut a torn
+        line or rotated between another's check and write would lose what the other wrote. Without `wait`,
+        yields False, holding nothing, when another holds the lock."""
+        where = os.path.dirname(os.path.abspath(self.path))
+        try:
+            folder = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:  # removed under us: made again, as opening the file would
+            self._make_folder()
+            folder = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(folder)  # releases the lock
+
+    def _open_locked(self) -> None:
+        with self._folder_locked():
+            self._open()
+
+    def _open(self) -> None:
+        """Open (creating it with `mode`) the file at `path` for appending, closing the one open before.
+        Under the folder's lock (_folder_locked)."""
+        self._close_file()
+        self._make_folder()
         existed = os.path.lexists(self.path)
         f = _OpenFile(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._mode))
         self._file = f
@@ -201,7 +232,8 @@ class FileSink(Sink):
 
     def _cut_torn_line(self, f: _OpenFile) -> None:
         """A crash mid-write leaves a last line without its newline. Its batch was never acked, so it is sent
-        again whole: cut the fragment, or the next event would be glued onto it."""
+        again whole: cut the fragment, or the next event would be glued onto it. Under the folder's lock,
+        where every other writer's lines are whole."""
         if self._size == 0:
             return
         with open(self.path, "rb") as r:
@@ -229,10 +261,12 @@ class FileSink(Sink):
         except FileNotFoundError:
             st = None
         if st is not None and (st.st_dev, st.st_ino) == (f.dev, f.ino):
-            if f.regular:  # a FIFO or a device has no size to follow
+            if f.regular and st.st_size != self._size:  # a FIFO or a device has no size to follow
                 if st.st_size < self._size:
                     _path_followed(self.context.metrics, self.context.name, self.path, "truncated")
                 self._size = st.st_size  # O_APPEND writes land at the real end, wherever that is now
+                # another worker wrote since we last did, and may have been killed in the middle of it
+                self._cut_torn_line(f)
             return
         gone = "removed" if os.fstat(f.fd).st_nlink == 0 else "moved"  # no link left, or another name
         reason = "replaced" if st is not None else gone
@@ -296,24 +330,11 @@ class FileSink(Sink):
                     len(data), took * 1000)
 
     def _append(self, data: bytes, wait: bool = True) -> bool:
-        """Under an exclusive lock of the file's folder, so that the workers of one shipper (`[pipeline]
-        workers`), all appending to this path, rotate it once and never between another's check and write.
-        Without `wait`, False when another holds the lock."""
-        where = os.path.dirname(os.path.abspath(self.path))
-        try:
-            folder = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:  # removed under us: made again, as opening the file would
-            self._open()
-            folder = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            try:
-                fcntl.flock(folder, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            self._append_locked(data)
-            return True
-        finally:
-            os.close(folder)  # releases the lock
+        """Without `wait`, False, having written nothing, when another holds the folder's lock."""
+        with self._folder_locked(wait) as locked:
+            if locked:
+                self._append_locked(data)
+            return locked
 
     def _append_locked(self, data: bytes) -> None:
         if self._file is None:

@@ -112,7 +112,7 @@ HELP: dict[str, Spec | str] = {
     "shipper_sink_file_followed_total": counter("Times a file sink reopened its path (removed, moved, replaced, "
                                                 "truncated).", "sink", "reason"),
     "shipper_sink_torn_bytes_total": counter("Bytes of a torn last line (left by a crash) a file sink cut at "
-                                             "start.", "sink"),
+                                             "start or before its next write.", "sink"),
     "shipper_kafka_records_sent_total": counter("Records a Kafka sink had acknowledged by the broker.", "sink",
                                                 "topic"),
     "shipper_kafka_bytes_sent_total": counter("Bytes (key, value, headers; before compression) of records a Kafka "

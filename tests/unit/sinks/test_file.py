@@ -215,14 +215,19 @@ async def test_a_failed_rotation_leaves_no_descriptor_to_close_twice(tmp_path: P
         await send_lines(sink, "rotates")
     monkeypatch.setattr(file_sink.os, "replace", real_replace)
     (tmp_path / "docker.log").write_bytes(b"reader's\n")
+    fillers: list[int] = []  # lower numbers freed meanwhile (the folder's, locked while the file was opened)
     reader = os.open(tmp_path / "docker.log", os.O_RDONLY)
+    while reader < held:
+        fillers.append(reader)
+        reader = os.open(tmp_path / "docker.log", os.O_RDONLY)
     try:
         assert reader == held  # the kernel reuses the lowest free number: the scenario is real
         await send_lines(sink, "rotates", "after")  # the runner's retry, then the next request
         await sink.close()
         assert os.pread(reader, 100, 0) == b"reader's\n"
     finally:
-        os.close(reader)
+        for fd in [reader, *fillers]:
+            os.close(fd)
     assert messages(tmp_path / "out.jsonl.1") == numbered("a", 2)
     assert messages(out) == ["rotates", "after"]
 
@@ -350,6 +355,51 @@ async def test_while_another_worker_holds_the_folder_the_write_waits_in_a_thread
     await task
     await sink.close()
     assert [orjson.loads(x)["message"] for x in (tmp_path / "out.jsonl").read_bytes().splitlines()] == ["waited"]
+
+
+async def test_a_worker_starting_never_cuts_what_another_appends(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers restart together after a kill, one may have left half a line. A worker that writes between
+    another's look at the file's end and its cut of that half line would lose its whole write: the other
+    cuts to the newline it found. Opening and cutting hold the folder's lock, so the write waits."""
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"message":"whole"}\n{"message":"to')  # the killed worker's half line
+    writer, starter = make_sink(tmp_path), make_sink(tmp_path)
+    writer._open_locked()  # its file open; its start's own cut comes later, not from start()
+    writer._size = out.stat().st_size
+    got_in: list[bool] = []
+    cut = starter._cut_torn_line
+
+    def write_then_cut(f: file_sink._OpenFile) -> None:  # the other worker's write, at the worst moment
+        got_in.append(writer._append(writer.encode([Batch(META, [Event("t", "raced")])]).payload, wait=False))
+        cut(f)
+
+    monkeypatch.setattr(starter, "_cut_torn_line", write_then_cut)
+    await starter.start()
+    monkeypatch.setattr(starter, "_cut_torn_line", cut)
+    if not got_in[0]:  # it waited for the lock, as it must: it writes now
+        await send_lines(writer, "raced")
+    await send_lines(starter, "after")
+    await writer.close()
+    await starter.close()
+    assert got_in == [False], "a write went in between a worker's look at the file's end and its cut"
+    assert messages(out) == ["whole", "raced", "after"]
+
+
+async def test_a_half_line_left_by_a_killed_worker_is_cut_by_the_next_writer(tmp_path: Path) -> None:
+    """One worker dies mid-write and the supervisor restarts it while the others go on: whichever writes next
+    finds the file's end moved, sees the half line, and cuts it before appending."""
+    out = tmp_path / "out.jsonl"
+    m = Metrics()
+    sink = make_sink(tmp_path, m)
+    await sink.start()
+    await send_lines(sink, "first")
+    with open(out, "ab") as f:
+        f.write(b'{"message":"second"}\n{"message":"ha')  # another worker's whole line, then its torn one
+    await send_lines(sink, "third")
+    await sink.close()
+    assert messages(out) == ["first", "second", "third"]
+    assert m.get("shipper_sink_torn_bytes_total") == len(b'{"message":"ha')
 
 
 async def test_a_slow_write_sends_the_next_ones_to_a_thread_for_a_while(tmp_path: Path,

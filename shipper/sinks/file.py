@@ -330,19 +330,21 @@ class FileSink(Sink):
                     len(data), took * 1000)
 
     def _append(self, data: bytes, wait: bool = True) -> bool:
-        """Without `wait`, False, having written nothing, when another holds the folder's lock."""
+        """Without `wait` (on the event loop), False, having written nothing, when another holds the folder's
+        lock or the write would rotate the file: the thread does those. Another worker's writes make this
+        sink's idea of the size stale, so only under the lock is a rotation known to be due."""
         with self._folder_locked(wait) as locked:
-            if locked:
-                self._append_locked(data)
-            return locked
+            return locked and self._append_locked(data, rotate=wait)
 
-    def _append_locked(self, data: bytes) -> None:
+    def _append_locked(self, data: bytes, rotate: bool = True) -> bool:
         if self._file is None:
             self._open()
         else:
             self._follow_path(self._file)
         assert self._file is not None
         if self._rotation_due(len(data)):
+            if not rotate:
+                return False
             self._rotate()
         for _ in range(2):
             f = self._file
@@ -351,7 +353,7 @@ class FileSink(Sink):
             if os.fstat(f.fd).st_nlink > 0:
                 if self.config.fsync:
                     self._sync(f, len(data))
-                return
+                return True
             # removed between the check and the write: what we wrote is in a file no one can open
             _path_followed(self.context.metrics, self.context.name, self.path, "removed")
             self._open()

@@ -317,6 +317,23 @@ async def test_a_local_file_is_written_on_the_loop_and_a_rotation_in_a_thread(tm
     assert on_loop.count(False) == 1 and on_loop[0]  # the one write that rotated went through the thread
 
 
+async def test_a_rotation_due_by_another_workers_writes_goes_through_the_thread(tmp_path: Path) -> None:
+    """A worker's size is stale once another has written: its write looks small enough for the loop, and only
+    under the lock does it find the file full. The rotation then goes to the thread all the same."""
+    sink, other = make_sink(tmp_path, max_bytes=1000, max_files=3), make_sink(tmp_path, max_bytes=1000, max_files=3)
+    await sink.start()
+    await other.start()
+    await send_lines(sink, "r0")
+    await send_lines(other, *numbered("o", 2))  # the file is now near max_bytes; `sink` still thinks it small
+    on_loop = record_threads(sink)
+    await send_lines(sink, "r1")
+    await sink.close()
+    await other.close()
+    assert on_loop == [True, False]  # tried on the loop, found the rotation due under the lock, then the thread
+    assert messages(tmp_path / "out.jsonl.1") == ["r0", *numbered("o", 2)]
+    assert messages(tmp_path / "out.jsonl") == ["r1"]
+
+
 @pytest.mark.parametrize("keys", [{"fsync": True}, {"path": "fifo"}])
 async def test_fsync_or_a_fifo_writes_in_a_thread(tmp_path: Path, keys: dict[str, object]) -> None:
     reader = -1

@@ -47,8 +47,15 @@ class JsonLinesEncoder:
         return b"".join([self.encode_batch(b) for b in batches])
 
     def encode_batch(self, batch: Batch) -> bytes:
+        heads = self.heads(batch)
+        heads.append(b"")
+        return self._tail_of(batch.container).join(heads)  # each head, then the container's part and "\n"
+
+    @staticmethod
+    def heads(batch: Batch) -> list[bytes]:
+        """The event's own part of each document of `batch`: its JSON without the closing brace, which the
+        container's part brings."""
         meta = batch.container
-        tail = self._tail_of(meta)
         dumps = orjson.dumps
         flag_lists = FLAG_LISTS
         events = batch.events
@@ -61,5 +68,4 @@ class JsonLinesEncoder:
             if ev.flags:
                 head["log"] = {"flags": flag_lists[ev.flags]}
             out.append(dumps(head)[:-1])
-            out.append(tail)
-        return b"".join(out)
+        return out

@@ -20,6 +20,7 @@ from shipper.backoff import Backoff
 from shipper.errors import RetryableSinkError
 from shipper.sinks.logstash.beats import AckListener, BeatsConnection, WindowFailed
 from shipper.sinks.logstash.config import Host, LogstashConfig
+from shipper.sinks.logstash.lumberjack import Frames
 from shipper.sinks.logstash.window import AdaptiveWindow
 from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
@@ -110,6 +111,10 @@ class HostPool:
         self._waiters.append(f)
         return f
 
+    def window_size(self) -> int:
+        """The window a request is most likely cut into: the largest of the hosts' (a healthy host's)."""
+        return max(h.window.size for h in self.hosts)
+
     # --- choosing -----------------------------------------------------------------------------------------
 
     def candidates(self, since: float) -> list[HostState]:
@@ -151,7 +156,7 @@ class BeatsDispatcher:
     acked; another host (or the same one, reconnected, if it was an idle connection that closed) takes it."""
 
     def __init__(self, pool: HostPool, connect: Callable[[HostState], Awaitable[BeatsConnection]],
-                 encode: Callable[[Sequence[bytes]], Awaitable[bytes]]) -> None:
+                 encode: Callable[[bytes, int], Awaitable[list[bytes]]]) -> None:
         self.pool = pool
         self.cfg = pool.cfg
         self.slots = max(1, self.cfg.pipelining)
@@ -187,7 +192,7 @@ class BeatsDispatcher:
             return h, True
         return None, any(h.connecting is not None or h.connected for h in hosts)
 
-    async def send(self, docs: Sequence[bytes]) -> list[int]:
+    async def send(self, docs: Frames) -> list[int]:
         """Deliver every document; returns the indices of those no host acknowledged (all delivered: [])."""
         since = time.monotonic()
         todo: list[range] = [range(len(docs))] if docs else []
@@ -240,9 +245,9 @@ class BeatsDispatcher:
             raise RetryableSinkError(f"no Logstash host took the request: {tried}")
         return left
 
-    async def _window(self, h: HostState, conn: BeatsConnection, docs: Sequence[bytes], piece: range) -> None:
+    async def _window(self, h: HostState, conn: BeatsConnection, docs: Frames, piece: range) -> None:
         try:
-            frames = await self._encode(docs[piece.start:piece.stop])
+            frames = await self._encode(docs.window(piece), len(piece))
             try:
                 await conn.send_window(frames, len(piece))
             except WindowFailed as e:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import errno
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from shipper.sinks.logstash.lumberjack import ACK_FRAME_BYTES, KEEPALIVE_SEQUENCE, ProtocolError, parse_ack
@@ -71,8 +71,9 @@ class BeatsConnection:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def send_window(self, frames: bytes, count: int) -> None:
-        """Write one encoded window of `count` events and return once Logstash acked all of them; raises
+    async def send_window(self, frames: Sequence[bytes], count: int) -> None:
+        """Write one encoded window of `count` events (its pieces, in order) and return once Logstash acked
+        all of them; raises
         WindowFailed (with what was acked) when the connection fails first."""
         if self.error is not None:
             raise WindowFailed(0, self.error)
@@ -80,7 +81,7 @@ class BeatsConnection:
         if not self._pending:
             self._progress_at = self._loop.time()
         self._pending.append(w)
-        self.writer.write(frames)
+        self.writer.writelines(frames)
         try:
             await asyncio.wait_for(self.writer.drain(), self.timeout)
         except (OSError, TimeoutError) as e:

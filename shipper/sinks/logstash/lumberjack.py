@@ -35,6 +35,7 @@ MAX_SEQUENCE = 0xFFFFFFFF
 _WINDOW = struct.Struct(">2sI")
 _JSON = struct.Struct(">2sII")
 _ACK = struct.Struct(">2sI")
+_SIZE = struct.Struct(">I")
 _WINDOW_TYPE = VERSION + FRAME_WINDOW
 _JSON_TYPE = VERSION + FRAME_JSON
 _COMPRESSED_TYPE = VERSION + FRAME_COMPRESSED
@@ -60,22 +61,95 @@ def json_frames(docs: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+Documents = Sequence[tuple[Sequence[bytes], bytes]]  # (heads, tail): each head + tail is one document
+
+
+class Frames:
+    """The json frames of `count` documents, built once, in windows of `size`: the sequences run from 1 in
+    each. A window cut at those bounds is sent as built; the documents are split out only for another cut
+    (a host whose window shrank, a retry of what was not acked) and numbered again from 1 there."""
+
+    __slots__ = ("_docs", "count", "size", "windows")
+
+    def __init__(self, windows: list[bytes], count: int, size: int) -> None:
+        self.windows = windows
+        self.count = count
+        self.size = size
+        self._docs: list[bytes] | None = None
+
+    @classmethod
+    def of(cls, docs: Sequence[bytes]) -> Frames:
+        """Whole documents in one window."""
+        return cls([json_frames(docs)] if docs else [], len(docs), max(1, len(docs)))
+
+    @classmethod
+    def build(cls, documents: Documents, size: int) -> Frames:
+        """Documents given in two parts (an encoder's per-event head and the tail it shares with others),
+        framed in windows of `size` without joining each document first."""
+        pack, kind = _JSON.pack, _JSON_TYPE
+        windows: list[bytes] = []
+        parts: list[bytes] = []
+        append = parts.append
+        seq = count = 0
+        for heads, tail in documents:
+            extra = len(tail)
+            count += len(heads)
+            for head in heads:
+                seq += 1
+                append(pack(kind, seq, len(head) + extra))
+                append(head)
+                append(tail)
+                if seq == size:
+                    windows.append(b"".join(parts))
+                    parts.clear()
+                    seq = 0
+        if parts:
+            windows.append(b"".join(parts))
+        return cls(windows, count, size)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def docs(self) -> list[bytes]:
+        if self._docs is None:
+            unpack, docs = _SIZE.unpack_from, []
+            for data in self.windows:
+                pos, end = 0, len(data)
+                while pos < end:
+                    (n,) = unpack(data, pos + 6)
+                    docs.append(data[pos + 10:pos + 10 + n])
+                    pos += 10 + n
+            self._docs = docs
+        return self._docs
+
+    def window(self, piece: range) -> bytes:
+        """The json frames of the documents in `piece`, numbered from 1."""
+        first, rest = divmod(piece.start, self.size)
+        if not rest and len(piece) == min(self.size, self.count - piece.start):
+            return self.windows[first]
+        return json_frames(self.docs[piece.start:piece.stop])
+
+
 def compressed_header(size: int) -> bytes:
     """What precedes `size` bytes of zlib data in a compressed frame."""
     return _WINDOW.pack(_COMPRESSED_TYPE, size)
 
 
-def compressed_frame(frames: bytes, level: int) -> bytes:
-    data = deflate(frames, level)
-    return compressed_header(len(data)) + data
+def window_parts(count: int, frames: bytes, deflated: bytes | None) -> list[bytes]:
+    """What one window of `count` events puts on the wire, in the order written (no piece is copied into
+    another): the window frame, then its json frames `frames` as they are, or their zlib `deflated` in one
+    compressed frame."""
+    if deflated is None:
+        return [window_frame(count), frames]
+    return [window_frame(count), compressed_header(len(deflated)), deflated]
 
 
 def encode_window(docs: Sequence[bytes], level: int) -> bytes:
     """Everything one window puts on the wire: the window frame, then the json frames, compressed into one
     frame when `level` is 1..9, plain when 0."""
     frames = json_frames(docs)
-    body = compressed_frame(frames, level) if level else frames
-    return window_frame(len(docs)) + body
+    return b"".join(window_parts(len(docs), frames, deflate(frames, level) if level else None))
 
 
 def ack_frame(sequence: int) -> bytes:

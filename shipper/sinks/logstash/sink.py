@@ -23,14 +23,7 @@ from shipper.sinks.ecs import JsonLinesEncoder
 from shipper.sinks.logstash.balance import BeatsDispatcher, HostPool, HostState
 from shipper.sinks.logstash.beats import BeatsConnection, open_connection
 from shipper.sinks.logstash.config import LogstashConfig, Protocol
-from shipper.sinks.logstash.lumberjack import (
-    compressed_frame,
-    compressed_header,
-    deflate,
-    encode_window,
-    json_frames,
-    window_frame,
-)
+from shipper.sinks.logstash.lumberjack import Frames, deflate, window_parts
 
 ECS_VERSION = "8.0.0"
 COMPRESS_OFF_LOOP_BYTES = 32 * 1024  # a window this large is compressed in a worker thread (zlib frees the GIL)
@@ -67,10 +60,14 @@ class LogstashEncoder(JsonLinesEncoder):
             self._tail = b"," + orjson.dumps(doc)[1:-1] + b"}\n"
         return self._tail
 
+    def frames(self, batches: list[Batch], window: int) -> Frames:
+        """Every event of `batches` as json frames in windows of `window` events, framed while encoded: a
+        request whose windows are cut at that size is never split into documents and framed again."""
+        return Frames.build([(self.heads(b), self._tail_of(b.container)[:-1]) for b in batches], window)
+
 
 class LogstashPayload:
-    """A request's events as JSON lines (json_lines and http send them as they are); beats splits them into
-    documents once, when first sent."""
+    """A request's events as JSON lines, as json_lines and http send them."""
 
     __slots__ = ("_docs", "blob")
 
@@ -138,18 +135,17 @@ class LogstashSink(Sink):
         return await open_connection(h.host.host, h.host.port, h.name, cfg.timeout_secs, cfg.connect_timeout_secs,
                                      h.listener(), self._tls, cfg.tls_server_name)
 
-    async def _encode_window(self, docs: Sequence[bytes]) -> bytes:
-        """The window's frames, built here; a large window is compressed in a worker thread (zlib lets go of
-        the GIL while it works, so the loop goes on reading meanwhile). Only zlib runs there: Python code in
-        the worker would fight the loop for the GIL and wait out its switch interval every few milliseconds."""
+    async def _encode_window(self, frames: bytes, count: int) -> list[bytes]:
+        """A window of `count` events with their json `frames`, ready to write; a large window is compressed
+        in a worker thread (zlib lets go of the GIL while it works, so the loop goes on reading meanwhile).
+        Only zlib runs there: Python code in the worker would fight the loop for the GIL and wait out its
+        switch interval every few milliseconds."""
         level = self.config.compression_level
         if not level:
-            return encode_window(docs, 0)
-        frames = json_frames(docs)
+            return window_parts(count, frames, None)
         if len(frames) < COMPRESS_OFF_LOOP_BYTES:
-            return window_frame(len(docs)) + compressed_frame(frames, level)
-        data = await asyncio.to_thread(deflate, frames, level)
-        return window_frame(len(docs)) + compressed_header(len(data)) + data
+            return window_parts(count, frames, deflate(frames, level))
+        return window_parts(count, frames, await asyncio.to_thread(deflate, frames, level))
 
     async def healthcheck(self) -> None:
         """Some host accepts a connection (http: answers at all; any status will do)."""
@@ -172,13 +168,17 @@ class LogstashSink(Sink):
         raise RetryableSinkError("no Logstash host reachable: " + "; ".join(errors))
 
     def encode(self, batches: list[Batch]) -> Request:
+        if self.config.protocol is Protocol.BEATS:
+            return Request(batches, self.encoder.frames(batches, self.pool.window_size()))
         return Request(batches, LogstashPayload(self.encoder.encode(batches)))
 
     def subset(self, request: Request, indices: Sequence[int]) -> Request:
         """The same documents, sliced: nothing is encoded again."""
         docs = request.payload.docs
         indices = sorted(indices)
-        payload = LogstashPayload(b"".join([docs[i] + b"\n" for i in indices]))
+        picked = [docs[i] for i in indices]
+        payload = Frames.of(picked) if isinstance(request.payload, Frames) else LogstashPayload(
+            b"".join([d + b"\n" for d in picked]))
         return Request(pick(request.batches, indices), payload, len(indices))
 
     async def send(self, request: Request) -> Partial | None:
@@ -186,11 +186,11 @@ class LogstashSink(Sink):
             return None
         if self._client is None:
             await self.start()
-        payload: LogstashPayload = request.payload
         proto = self.config.protocol
         if proto is Protocol.BEATS:
-            left = await self._client.send(payload.docs)
+            left = await self._client.send(request.payload)
             return Partial(retry=left, reason="not acknowledged by any Logstash host") if left else None
+        payload: LogstashPayload = request.payload
         if proto is Protocol.JSON_LINES:
             done = await self._client.send(payload.blob, request.events)
             if done < request.events:

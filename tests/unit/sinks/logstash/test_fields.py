@@ -5,8 +5,11 @@ from __future__ import annotations
 import orjson
 
 from shipper import __version__
-from shipper.event import Event, event_id
+from shipper.event import ContainerMeta, Event, event_id
+from shipper.sinks.logstash.lumberjack import decode_frames, json_frames
 from tests.unit.sinks.logstash.conftest import META, MakeSink, batch
+
+OTHER = ContainerMeta(id="d" * 64, name="db-1", image="postgres:16", host="node-1")
 
 
 def test_a_filebeat_pipeline_finds_its_fields(make_sink: MakeSink) -> None:
@@ -41,9 +44,23 @@ def test_labels_keep_their_dots_when_asked_and_metadata_follows_the_config(make_
 
 
 def test_subset_slices_without_encoding_again(make_sink: MakeSink) -> None:
-    sink = make_sink()
-    request = sink.encode([batch(5)])
-    sub = sink.subset(request, [4, 1])
+    beats, lines = make_sink(), make_sink(protocol="json_lines")
+    request = beats.encode([batch(5)])
+    sub = beats.subset(request, [4, 1])
     assert sub.events == 2
     assert sub.payload.docs == [request.payload.docs[1], request.payload.docs[4]]
+    assert sub.payload.windows == [json_frames([request.payload.docs[1], request.payload.docs[4]])]
+    sub = lines.subset(lines.encode([batch(5)]), [4, 1])
+    assert sub.payload.docs == [request.payload.docs[1], request.payload.docs[4]]
     assert sub.payload.blob == request.payload.docs[1] + b"\n" + request.payload.docs[4] + b"\n"
+
+
+def test_beats_frames_the_documents_json_lines_sends_in_windows_of_the_hosts_size(
+        make_sink: MakeSink) -> None:
+    batches = [batch(3), batch(2, start=3, meta=OTHER)]
+    frames = make_sink().encode(batches).payload
+    lines = make_sink(protocol="json_lines").encode(batches).payload
+    assert len(frames) == 5 and len(frames.docs) == 5
+    assert decode_frames(b"".join(frames.windows)) == [(b"J", i + 1, d) for i, d in enumerate(lines.docs)]
+    assert frames.size == 2048  # the window_max_events of the hosts
+    assert [orjson.loads(d)["container"]["name"] for d in frames.docs] == ["web-1"] * 3 + ["db-1"] * 2

@@ -15,9 +15,9 @@ from shipper.sinks.logstash.lumberjack import (
     FRAME_JSON,
     FRAME_WINDOW,
     VERSION,
+    Frames,
     ProtocolError,
     ack_frame,
-    compressed_frame,
     decode_frames,
     deflate,
     encode_window,
@@ -25,6 +25,7 @@ from shipper.sinks.logstash.lumberjack import (
     json_frames,
     parse_ack,
     window_frame,
+    window_parts,
 )
 from tests.conftest import IN_CI
 
@@ -45,6 +46,28 @@ def test_json_frames_are_numbered_from_one() -> None:
     assert json_frames([]) == b""
 
 
+def test_documents_in_two_parts_are_framed_in_windows_numbered_from_one() -> None:
+    docs = [b'{"n":%d,"m":"%s","c":1}' % (i, "日本".encode() * i) for i in range(7)]
+    parts = [([d[:-7] for d in docs[:3]], b',"c":1}'), ([], b"x"), ([d[:-7] for d in docs[3:]], b',"c":1}')]
+    frames = Frames.build(parts, 3)
+    assert len(frames) == 7 and frames.docs == docs
+    assert frames.windows == [json_frames(docs[0:3]), json_frames(docs[3:6]), json_frames(docs[6:])]
+    assert [Frames.build(parts, n).windows for n in (7, 100)] == [[json_frames(docs)]] * 2
+
+
+def test_a_window_cut_where_it_was_built_is_sent_as_built_and_any_other_is_numbered_again() -> None:
+    docs = [b'{"n":%d}' % i for i in range(7)]
+    frames = Frames.build([(docs, b"")], 3)
+    assert frames.window(range(3, 6)) is frames.windows[1]
+    assert frames.window(range(6, 7)) is frames.windows[2]
+    assert frames.window(range(2, 5)) == json_frames(docs[2:5])  # sequences 1..3 again
+    assert frames.window(range(3, 5)) == json_frames(docs[3:5])
+    assert decode_frames(frames.window(range(0, 7))) == [(b"J", i + 1, d) for i, d in enumerate(docs)]
+    whole = Frames.of(docs[1:3])
+    assert whole.windows == [json_frames(docs[1:3])] and whole.window(range(2)) is whole.windows[0]
+    assert len(Frames.of([])) == 0 and Frames.of([]).docs == []
+
+
 def test_plain_window() -> None:
     assert encode_window([b'{"m":"x"}'], 0) == (b"2W\x00\x00\x00\x01"
                                                  b"2J\x00\x00\x00\x01\x00\x00\x00\x09" b'{"m":"x"}')
@@ -58,8 +81,8 @@ def test_compressed_window() -> None:
     data = deflate(frames, 3)
     assert encode_window(docs, 3) == b"2W\x00\x00\x00\x02" + b"2C" + len(data).to_bytes(4, "big") + data
     assert zlib.decompress(data) == frames  # the standard inflater, as Logstash's java.util.zip
-    assert compressed_frame(frames, 9)[:2] == b"2C"
-    assert zlib.decompress(compressed_frame(frames, 9)[6:]) == frames
+    assert window_parts(2, frames, data) == [b"2W\x00\x00\x00\x02", b"2C" + len(data).to_bytes(4, "big"), data]
+    assert window_parts(2, frames, None) == [b"2W\x00\x00\x00\x02", frames]
 
 
 def test_the_fastest_deflater_installed_is_used() -> None:

@@ -73,8 +73,7 @@ class BeatsConnection:
 
     async def send_window(self, frames: Sequence[bytes], count: int) -> None:
         """Write one encoded window of `count` events (its pieces, in order) and return once Logstash acked
-        all of them; raises
-        WindowFailed (with what was acked) when the connection fails first."""
+        all of them; raises WindowFailed (with what was acked) when the connection fails first."""
         if self.error is not None:
             raise WindowFailed(0, self.error)
         w = _Window(count, self._loop.create_future())

@@ -75,18 +75,23 @@ def run_interleaved(kinds: list[str], runs: int, one_run: Callable[[str], dict[s
     return results
 
 
-def kinds_table(results: dict[str, list[dict[str, float]]], base: str, per: str = "events") -> None:
-    """One row a kind: medians of `per`/s, CPU s per million `per`, peak RSS, and the rate against `base`."""
+def kinds_table(results: dict[str, list[dict[str, float]]], base: str, per: str = "events",
+                also: str = "null+encode") -> None:
+    """One row a kind: medians of `per`/s, CPU s per million `per`, peak RSS, and the rate against `base`
+    (and against `also` when it ran: the null sink that builds the JSON every JSON sink builds)."""
     def med(kind: str, f: Callable[[dict[str, float]], float]) -> float:
         return statistics.median(f(r) for r in results[kind])
 
     rate = {k: med(k, lambda r: r[per] / r["wall"]) for k in results}
+    bases = [b for b in (base, also) if b == base or b in results]
     w = max(12, *map(len, results))
     print(f"| {'sink':<{w}} | {per + '/s':>12} | {'CPU s per M ' + per:>20} | {'peak RSS MiB':>12} | "
-          f"{'vs ' + base:>9} |")
-    print(f"|{'-' * (w + 2)}|{'-' * 14}|{'-' * 22}|{'-' * 14}|{'-' * 11}|")
+          + " | ".join(f"{'vs ' + b:>9}" for b in bases) + " |")
+    print(f"|{'-' * (w + 2)}|{'-' * 14}|{'-' * 22}|{'-' * 14}|" + "|".join("-" * max(11, len(b) + 5) for b in bases)
+          + "|")
     for k in results:
         cpu = med(k, lambda r: r["cpu"] / max(r[per], 1) * 1e6)
         rss = med(k, lambda r: r["rss_mib"])
-        share = f"{rate[k] / rate[base]:.0%}" if rate.get(base) else "-"
-        print(f"| {k:<{w}} | {rate[k]:>12,.0f} | {cpu:>20.2f} | {rss:>12.0f} | {share:>9} |")
+        shares = [f"{rate[k] / rate[b]:.0%}" if rate.get(b) else "-" for b in bases]
+        print(f"| {k:<{w}} | {rate[k]:>12,.0f} | {cpu:>20.2f} | {rss:>12.0f} | "
+              + " | ".join(f"{v:>{max(9, len(b) + 3)}}" for v, b in zip(shares, bases, strict=True)) + " |")

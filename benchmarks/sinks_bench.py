@@ -7,7 +7,9 @@ default config otherwise, as pipeline_bench.py runs it) and delivered to:
 - `null`: the null sink (reading, rebuilding and buffering only), and `null+encode` (the null sink building each
   event's ECS JSON, what every JSON sink pays);
 - `file`: the file sink writing ECS JSON lines to a file on the same disk;
-- `syslog`: the syslog sink, RFC 5424 over TCP, into a real rsyslogd that writes every message to a file;
+- `syslog`: the syslog sink, RFC 5424 over TCP, into a real rsyslogd that receives and parses every message
+  and writes none (a filter that never matches): writing each as JSON to a file took rsyslogd more than one
+  of this 2-core machine's cores, which left the daemon less than one and measured rsyslogd instead;
 - `workers=1`: the null kind's config with `[pipeline] workers = 1` and an admin address, run as the real
   daemon (`python -m shipper --config CFG run`, a subprocess polled through its /metrics): one process;
 - `workers=2`: the same with `workers = 2`: a supervisor and two worker processes, each a whole pipeline for
@@ -19,7 +21,8 @@ The package is byte-compiled first, as an install leaves it, and every run start
 so none pays for writing back what the one before it wrote.
 Kinds run interleaved, each in a fresh process with fresh state; the table shows medians: json-file
 entries/s, CPU seconds per million entries (the daemon's own; rsyslogd runs apart), peak RSS, and each
-kind's rate against the null sink and its CPU per entry against the floor. For the `workers=` kinds, wall
+kind's rate against the null sink (and the null sink with `encode = true`) and its CPU per entry against
+the floor. `--sink-keys` adds keys to the file and syslog sinks. For the `workers=` kinds, wall
 time runs from the process's start, so it includes Python's start-up, the imports and starting the workers
 (the other kinds start their clock once the App is built); the line under the table gives that start-up
 (until /metrics first counts an entry read; the supervisor answers before its workers are up). Their CPU
@@ -197,7 +200,7 @@ def run_workers(cfg: Path, port: int, entries: int, timeout: float, log: Path) -
             "startup": startup}
 
 
-def one_run(kind: str, data: Path, work: Path, entries: int, timeout: float) -> dict[str, float]:
+def one_run(kind: str, data: Path, work: Path, entries: int, timeout: float, extra: str = "") -> dict[str, float]:
     os.sync()  # no kind pays for writing back what the one before it wrote (the file sink writes ~1 KB an event)
     if kind == "floor":
         out = subprocess.run([sys.executable, __file__, "--floor", str(data)], capture_output=True, text=True,
@@ -218,11 +221,11 @@ def one_run(kind: str, data: Path, work: Path, entries: int, timeout: float) -> 
     if kind == "syslog":
         from tests.integration.rsyslog import Rsyslog
 
-        receiver = Rsyslog(inputs=("tcp",))
+        receiver = Rsyslog(inputs=("tcp",), keep=False)
         receiver.start()
-        section = f'[sinks.sys]\ntype = "syslog"\naddress = "{receiver.address("tcp")}"\n'
+        section = f'[sinks.sys]\ntype = "syslog"\naddress = "{receiver.address("tcp")}"\n' + extra
     elif kind == "file":
-        section = f'[sinks.out]\ntype = "file"\npath = "{work / "out.jsonl"}"\n'
+        section = f'[sinks.out]\ntype = "file"\npath = "{work / "out.jsonl"}"\n' + extra
     else:
         section = NULL_SECTION + ("encode = true\n" if kind == "null+encode" else "")
     try:
@@ -242,6 +245,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_workload_args(ap, timeout=600)
     ap.add_argument("--kinds", default=KINDS, help=f"comma-separated, of: {KINDS}")
+    ap.add_argument("--sink-keys", default="", help='more keys for the file and syslog sinks, TOML, ";" between '
+                                                     'keys: "max_in_flight = 2"')
     ap.add_argument("--floor", metavar="DATA", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.floor:
@@ -254,7 +259,9 @@ def main() -> None:
     try:
         w = workload(a, work)
         kinds = a.kinds.split(",")
-        results = run_interleaved(kinds, a.runs, lambda kind: one_run(kind, w.data, work, w.entries, a.timeout))
+        extra = a.sink_keys.replace(";", "\n") + "\n"
+        results = run_interleaved(kinds, a.runs, lambda kind: one_run(kind, w.data, work, w.entries, a.timeout,
+                                                                         extra))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     with open("/proc/loadavg") as f:

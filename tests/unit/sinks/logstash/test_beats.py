@@ -37,6 +37,23 @@ async def test_a_request_is_sent_in_windows_and_acked(make_sink: MakeSink, level
     await server.stop()
 
 
+@pytest.mark.parametrize("level", [0, 3])
+async def test_a_request_framed_for_one_window_size_is_sent_whole_in_another(make_sink: MakeSink,
+                                                                             level: int) -> None:
+    """Frames are built in windows of the hosts' size when encoded; a host whose window shrank before the send
+    (an error on another request) gets windows framed again, each numbered from 1."""
+    server = await LumberjackServer().start()
+    sink = make_sink(hosts=[server.address], compression_level=level, window_max_events=4, pipelining=0)
+    request = sink.encode([batch(6), batch(4, start=6)])
+    assert request.payload.size == 4
+    sink.pool.hosts[0].window.size = 3
+    assert await sink.send(request) is None
+    assert messages(server) == [f"line {i}" for i in range(10)]
+    assert [w.count for w in server.windows] == [3, 4, 3]  # acked in full, the window grows back to 4
+    assert all(w.sequences == list(range(1, w.count + 1)) for w in server.windows)
+    await server.stop()
+
+
 async def test_the_window_grows_after_success_and_shrinks_after_an_error(make_sink: MakeSink) -> None:
     server = await LumberjackServer(plan=["ack", "ack", "drop"]).start()
     sink = make_sink(hosts=[server.address], slow_start=True, window_max_events=100, pipelining=0)

@@ -52,13 +52,7 @@ def window_frame(count: int) -> bytes:
 
 def json_frames(docs: Sequence[bytes]) -> bytes:
     """The json frames of one window: `docs` numbered 1..len(docs)."""
-    pack = _JSON.pack
-    parts: list[bytes] = []
-    append = parts.append
-    for seq, d in enumerate(docs, 1):
-        append(pack(_JSON_TYPE, seq, len(d)))
-        append(d)
-    return b"".join(parts)
+    return b"".join(Frames.build([(docs, b"")], max(1, len(docs))).windows)
 
 
 Documents = Sequence[tuple[Sequence[bytes], bytes]]  # (heads, tail): each head + tail is one document

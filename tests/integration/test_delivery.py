@@ -81,7 +81,8 @@ max_bytes = 0
     cmd = counting_loop(per, "payload", burst=2000, pause=1)
     cs = [run_container(cmd, labels=d.labels) for _ in range(3)]
     while len({shard_of(c.id, workers) for c in cs}) < workers:  # ids are random: every worker gets one
-        assert len(cs) < 12, "container ids keep falling to one worker"
+        # a fourth container is needed one time in four, a twelfth one time in 2,048 (seen once in CI)
+        assert len(cs) < 40, "container ids keep falling to one worker"
         cs.append(run_container(cmd, labels=d.labels))
     account = CrashAccount(d, cs)
     started = time.monotonic()

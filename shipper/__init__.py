@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 # What the compiled build compiles (setup.py, SHIPPER_COMPILE=1): what every json-file entry goes through,
 # and the syslog encoder (each event's message built field by field).
-HOT_PATH = ("shipper.transforms.assemble", "shipper.sources.jsonfile.lines", "shipper.sinks.syslog.encode")
+HOT_PATH = ("shipper.transforms.assemble", "shipper.sources.jsonfile.lines", "shipper.buffer.sizing",
+            "shipper.sinks.syslog.encode")
 
 
 def compiled() -> bool:

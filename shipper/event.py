@@ -104,11 +104,13 @@ class Checkpoint:
 
 @dataclass(slots=True)
 class Batch:
-    """Events of one container, in order, with the checkpoint reached after them."""
+    """Events of one container, in order, with the checkpoint reached after them. `size`: what the events
+    hold in memory (`buffer.sizing`) when the reader counted it as it built them, else 0."""
 
     container: ContainerMeta
     events: list[Event]
     checkpoint: Checkpoint | None = None
+    size: int = field(default=0, compare=False)
 
     def __len__(self) -> int:
         return len(self.events)

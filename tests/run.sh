@@ -10,7 +10,7 @@ python3 -m mypy
 if [ $# = 0 ]; then  # the compiled modules' pure-Python fallback, through their own unit tests
   SHIPPER_PURE_PYTHON=1 python3 -m pytest -q -p no:cacheprovider tests/unit/test_build.py tests/unit/transforms \
     tests/fuzz/test_jsonfile.py tests/unit/sinks/syslog \
-    tests/unit/sources
+    tests/unit/sources tests/unit/buffer/test_sizing.py tests/unit/buffer/test_memory.py
 fi
 if [ $# != 0 ]; then
   exec python3 -m pytest -ra -p no:cacheprovider "$@"

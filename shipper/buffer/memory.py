@@ -10,32 +10,13 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from sys import getsizeof
 
 from shipper.buffer.base import Buffer, Cursor, Lease, OnSafe, Signal
+from shipper.buffer.sizing import batch_bytes
 from shipper.config import WhenFull
 from shipper.event import Batch
 from shipper.telemetry import events as tel
 from shipper.telemetry.metrics import Metrics
-
-# What an event holds in memory besides its message, measured with tracemalloc on the reference workload as the
-# json-file reader builds events: the Event object (80 bytes), its timestamp string (79), its slot in the
-# batch's list and what the reader's decoding leaves with it (49). A JSON log's parsed fields took 3.5 bytes
-# per character of the message they came from (dicts and values; keys are shared).
-EVENT_FIXED_BYTES = 208
-FIELDS_BYTES_PER_CHAR = 3.5
-
-
-def batch_bytes(batch: Batch) -> int:
-    """What the batch's events take in memory (within a few percent on the reference workload), so that
-    max_bytes bounds the process's memory and not a guess that misses parsed fields and wide characters."""
-    size = EVENT_FIXED_BYTES * len(batch.events)
-    parsed = 0
-    for ev in batch.events:
-        size += getsizeof(ev.message)  # counts 2 or 4 bytes a character for text beyond Latin-1
-        if ev.fields is not None:
-            parsed += len(ev.message)
-    return size + int(parsed * FIELDS_BYTES_PER_CHAR)
 
 
 class MemoryCursor(Cursor):
@@ -104,7 +85,7 @@ class MemoryBuffer(Buffer):
         return self.events + len(incoming) > self.max_events or self.bytes + size > self.max_bytes
 
     async def push(self, batch: Batch) -> None:
-        size = batch_bytes(batch)
+        size = batch.size or batch_bytes(batch)  # the reader counted it as it built the events
         if not self.cursors:  # nobody to deliver to: safe at once
             if batch.checkpoint:
                 self.on_safe(batch.checkpoint)

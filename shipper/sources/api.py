@@ -43,7 +43,7 @@ from shipper.config import StartAt
 from shipper.docker.client import DockerClient, LogStream, since_from_ns
 from shipper.docker.metadata import ContainerInfo
 from shipper.errors import ContainerGone, DockerError, DockerUnavailable
-from shipper.event import Batch, Checkpoint, ContainerMeta
+from shipper.event import Checkpoint, ContainerMeta
 from shipper.sources.base import LogSource, SourceContext
 from shipper.telemetry import events
 from shipper.timefmt import parse_ns
@@ -458,14 +458,7 @@ class ApiSource(LogSource):
         current = format_position(self._last_ts, self._run) if self._last_ts else ""
         safe = self._asm.safe_position(current)
         cp = Checkpoint(self.meta.id, safe) if safe else None
-        self.ctx.metrics.inc("shipper_events_read_total", len(out), container=self._label)
-        meta = self.meta
-        n = self._batch_max
-        self._emitting = True
-        for i in range(0, len(out), n):
-            last = i + n >= len(out)
-            await self.ctx.emit(Batch(meta, out[i:i + n], cp if last else None))
-        self._emitting = False
+        await self._hand_over(out, cp, self._batch_max)
 
 
 async def _pump(stream: LogStream, queue: asyncio.Queue[Any]) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from shipper.config import Config
 from shipper.docker.metadata import ContainerInfo
-from shipper.event import Batch, Checkpoint, ContainerMeta
+from shipper.event import Batch, Checkpoint, ContainerMeta, Event
 from shipper.telemetry.metrics import Metrics
 from shipper.transforms.assemble import LineAssembler
 
@@ -108,3 +108,17 @@ class LogSource(ABC):
     @abstractmethod
     async def _emit(self) -> None:
         """Hand the assembler's finished events to `ctx.emit`, in batches, with the checkpoint."""
+
+    async def _hand_over(self, out: list[Event], cp: Checkpoint | None, max_events: int) -> None:
+        """`out`, just taken from the assembler, to `ctx.emit` in batches of at most `max_events`; the
+        checkpoint goes with the last. A whole take keeps the size the assembler counted."""
+        meta = self.meta
+        self.ctx.metrics.inc("shipper_events_read_total", len(out), container=self._label)
+        self._emitting = True
+        if len(out) <= max_events:
+            await self.ctx.emit(Batch(meta, out, cp, self._asm.taken_bytes))
+        else:
+            for i in range(0, len(out), max_events):
+                last = i + max_events >= len(out)
+                await self.ctx.emit(Batch(meta, out[i:i + max_events], cp if last else None))
+        self._emitting = False

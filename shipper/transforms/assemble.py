@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from shipper.buffer.sizing import held_bytes
 from shipper.config import Config, JsonMode, MultilineMode
 from shipper.event import Event, Flag
 from shipper.telemetry.events import event_truncated
@@ -120,6 +121,8 @@ class LineAssembler:
         self.container = container
         self.metrics = metrics
         self.out: list[Event] = []
+        self._held = 0  # what the events in `out` hold in memory (buffer.sizing)
+        self.taken_bytes = 0  # what the events the last `take` returned hold
         self.max_bytes = config.input.max_event_bytes
         self._short = self.max_bytes // 4  # a text this long (in chars) cannot exceed max_bytes
         ml = config.multiline
@@ -167,6 +170,7 @@ class LineAssembler:
                     st.last_ts = ts
                     st.seq = seq = 0
                 self.out.append(Event(ts, st.head, stream, None, st.flags, seq))
+                self._held += held_bytes(st.head, None)
             elif state or not self._auto:
                 self._line(st, timestamp, line, position, 0)
                 return
@@ -199,6 +203,7 @@ class LineAssembler:
                     st.last_ts = ts
                     st.seq = seq = 0
                 self.out.append(Event(ts, st.head, stream, None, st.flags, seq))
+                self._held += held_bytes(st.head, None)
                 st.state = IDLE
             fields = None  # _emit_json and _emit inlined: this is the per-entry fast path
             msg = line
@@ -218,13 +223,16 @@ class LineAssembler:
                 st.last_ts = timestamp
                 st.seq = seq = 0
             self.out.append(Event(timestamp, msg, stream, fields, 0, seq))
+            self._held += held_bytes(msg, fields)
             return
         self._line(st, timestamp, line, position, 0)
 
     def take(self) -> list[Event]:
-        """The completed events, in order; `out` starts afresh."""
+        """The completed events, in order; `out` starts afresh. `taken_bytes` is then what they hold in memory."""
         out = self.out
         self.out = []
+        self.taken_bytes = self._held
+        self._held = 0
         for st in self._streams.values():
             if st.state and st.since == 0.0:
                 st.since = _monotonic()
@@ -495,3 +503,4 @@ class LineAssembler:
             st.last_ts = ts
             st.seq = seq = 0
         self.out.append(Event(ts, msg, st.name, fields, flags, seq))
+        self._held += held_bytes(msg, fields)

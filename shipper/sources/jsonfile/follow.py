@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 from shipper.config import StartAt
 from shipper.docker.metadata import ContainerInfo
-from shipper.event import Batch, Checkpoint
+from shipper.event import Checkpoint
 from shipper.sources.api import ts_to_ns
 from shipper.sources.base import LogSource, SourceContext
 from shipper.sources.jsonfile.inotify import _Inotify
@@ -234,18 +234,7 @@ class JsonFileSource(_Parser, LogSource):
         out = self._asm.take()
         if not out:
             return
-        cp = self._checkpoint()
-        meta = self.meta
-        self.ctx.metrics.inc("shipper_events_read_total", len(out), container=self._label)
-        n = self._batch_max
-        self._emitting = True
-        if len(out) <= n:
-            await self.ctx.emit(Batch(meta, out, cp))
-        else:
-            for i in range(0, len(out), n):
-                last = i + n >= len(out)
-                await self.ctx.emit(Batch(meta, out[i:i + n], cp if last else None))
-        self._emitting = False
+        await self._hand_over(out, self._checkpoint(), self._batch_max)
 
     def _checkpoint(self) -> Checkpoint:
         current = self._vbase + self._consumed

@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from shipper.buffer.memory import MemoryBuffer, batch_bytes
+from shipper.buffer.memory import MemoryBuffer
+from shipper.buffer.sizing import batch_bytes
 from shipper.config import WhenFull
 from shipper.event import Batch, Checkpoint, ContainerMeta, Event
 from shipper.telemetry.metrics import Metrics
@@ -126,6 +127,21 @@ def test_batch_bytes_is_what_the_events_take_in_memory(tmp_path: Path) -> None:
         assert any(ev.fields for ev in events) and any(not ev.fields for ev in events)
         ratio = batch_bytes(Batch(META, events)) / held
         assert 0.9 < ratio < 1.1, f"{log.parent.name[:12]}: estimate/held = {ratio:.3f}"
+
+
+async def test_a_size_the_reader_counted_is_taken_as_it_is() -> None:
+    """max_bytes counts a batch by the size its reader counted (not walked again); a batch without one is
+    walked."""
+    buf = MemoryBuffer(lambda cp: None, Metrics(), 100, 10_000, WhenFull.DROP_NEWEST)
+    buf.cursor("a")
+    counted = Batch(META, [Event("t", "x")], size=6_000)
+    await buf.push(counted)
+    assert buf.bytes == 6_000
+    await buf.push(Batch(META, [Event("t", "y")], size=6_000))  # 12,000 > max_bytes: refused
+    assert buf.bytes == 6_000
+    walked = Batch(META, [Event("t", "z")])
+    await buf.push(walked)
+    assert buf.bytes == 6_000 + batch_bytes(walked)
 
 
 def test_wide_characters_count_their_width() -> None:

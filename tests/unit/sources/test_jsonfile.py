@@ -191,6 +191,25 @@ async def test_reads_from_the_beginning_and_checkpoints_the_offset(dlog: DockerL
     assert r.metrics.get("shipper_bytes_read_total") == dlog.path.stat().st_size
 
 
+async def test_batches_carry_what_their_events_hold_unless_split(dlog: DockerLog) -> None:
+    """The buffer takes a batch's size from the reader, which counted it as the events were built; a take
+    split into several batches leaves each to be counted by the buffer."""
+    from shipper.buffer.sizing import batch_bytes
+
+    dlog.write("plain", "wide 字 😀", '{"level": "info"}', *nums(0, 40))
+    r = Reader(dlog, cfg=config(batch_max_events=16)).start()
+    await r.has(43)
+    await r.finish()
+    assert [len(b) for b in r.batches] == [16, 16, 11]  # one chunk, one take, split
+    assert [b.size for b in r.batches] == [0, 0, 0]
+    dlog.path.unlink()
+    dlog.write(*nums(0, 10))
+    r = Reader(dlog).start()
+    await r.has(10)
+    await r.finish()
+    assert [b.size for b in r.batches] == [batch_bytes(b) for b in r.batches] and r.batches[0].size > 0
+
+
 async def test_start_at_end_skips_what_is_there(dlog: DockerLog) -> None:
     dlog.write(*nums(0, 10))
     r = Reader(dlog, cfg=Config(docker=DockerConfig(poll_interval_secs=0.02, start_at=StartAt.END),

@@ -370,3 +370,33 @@ def test_flush_complete_ships_held_lines_but_keeps_partials_open() -> None:
     asm.flush_complete()
     assert asm.take() == []
     assert asm.safe_position(400) == 300  # the partial line is re-read after a restart
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_each_take_counts_what_its_events_hold(mode: str) -> None:
+    """The buffer accounts a reader's batch by what the assembler counted while building it: on every path
+    (plain, held heads, JSON with fields, stack traces, 16 KiB partials, truncation, wide characters) the
+    count is what `batch_bytes` finds walking the events."""
+    from shipper.buffer.sizing import batch_bytes
+    from shipper.event import Batch, ContainerMeta
+
+    rng = random.Random(7)
+    f = Feeder(make_asm(multiline={"mode": mode}, input={"max_event_bytes": 40_000}))
+    pieces = ["plain text line", "2026-01-01 INFO served", '{"level": "info", "msg": "字"}', "{not json",
+              "java.lang.IllegalStateException: boom", "\tat a.b(C.java:1)", "Traceback (most recent call last):",
+              '  File "a.py", line 1', "ValueError: x", "emoji 😀 line", "x" * 20_000, "y" * 50_000, "", "\tindented"]
+    meta = ContainerMeta(id="c1", name="one")
+    counted = walked = 0
+    for round_ in range(300):
+        f.lines(rng.choices(pieces, k=rng.randint(1, 6)), rng.choice(["stdout", "stderr"]))
+        if round_ % 7 == 0:
+            got = f.take()
+            counted += f.asm.taken_bytes
+            walked += batch_bytes(Batch(meta, got))
+    f.asm.flush()
+    got = f.take()
+    counted += f.asm.taken_bytes
+    walked += batch_bytes(Batch(meta, got))
+    assert len(f.events) > 500 and any(e.fields for e in f.events) and any(e.flags for e in f.events)
+    assert counted == walked
+    assert f.asm.take() == [] and f.asm.taken_bytes == 0

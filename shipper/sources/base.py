@@ -111,14 +111,18 @@ class LogSource(ABC):
 
     async def _hand_over(self, out: list[Event], cp: Checkpoint | None, max_events: int) -> None:
         """`out`, just taken from the assembler, to `ctx.emit` in batches of at most `max_events`; the
-        checkpoint goes with the last. A whole take keeps the size the assembler counted."""
+        checkpoint goes with the last. The size the assembler counted goes with them: whole, or shared by
+        events when the take is split (a reader catching up takes a little more than `max_events` at a
+        time), so the pieces add up to it exactly."""
         meta = self.meta
-        self.ctx.metrics.inc("shipper_events_read_total", len(out), container=self._label)
+        n = len(out)
+        size = self._asm.taken_bytes
+        self.ctx.metrics.inc("shipper_events_read_total", n, container=self._label)
         self._emitting = True
-        if len(out) <= max_events:
-            await self.ctx.emit(Batch(meta, out, cp, self._asm.taken_bytes))
-        else:
-            for i in range(0, len(out), max_events):
-                last = i + max_events >= len(out)
-                await self.ctx.emit(Batch(meta, out[i:i + max_events], cp if last else None))
+        given = 0
+        for i in range(0, n, max_events):
+            last = i + max_events >= n
+            share = size - given if last else size * max_events // n
+            given += share
+            await self.ctx.emit(Batch(meta, out[i:i + max_events], cp if last else None, share))
         self._emitting = False

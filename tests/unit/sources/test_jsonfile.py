@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from shipper.buffer.sizing import batch_bytes
 from shipper.config import Config, DockerConfig, InputConfig, MultilineConfig, MultilineMode, StartAt
 from shipper.docker.metadata import ContainerInfo
 from shipper.event import Batch, Checkpoint, ContainerMeta, Flag
@@ -191,17 +192,17 @@ async def test_reads_from_the_beginning_and_checkpoints_the_offset(dlog: DockerL
     assert r.metrics.get("shipper_bytes_read_total") == dlog.path.stat().st_size
 
 
-async def test_batches_carry_what_their_events_hold_unless_split(dlog: DockerLog) -> None:
+async def test_batches_carry_what_their_events_hold(dlog: DockerLog) -> None:
     """The buffer takes a batch's size from the reader, which counted it as the events were built; a take
-    split into several batches leaves each to be counted by the buffer."""
-    from shipper.buffer.sizing import batch_bytes
-
+    split into several batches shares the count by events, the pieces adding up to it exactly."""
     dlog.write("plain", "wide 字 😀", '{"level": "info"}', *nums(0, 40))
     r = Reader(dlog, cfg=config(batch_max_events=16)).start()
     await r.has(43)
     await r.finish()
     assert [len(b) for b in r.batches] == [16, 16, 11]  # one chunk, one take, split
-    assert [b.size for b in r.batches] == [0, 0, 0]
+    events = [e for b in r.batches for e in b.events]
+    assert sum(b.size for b in r.batches) == batch_bytes(Batch(r.batches[0].container, events))
+    assert all(b.size > 0 for b in r.batches)
     dlog.path.unlink()
     dlog.write(*nums(0, 10))
     r = Reader(dlog).start()

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from shipper.event import Event, Flag, event_id
+from shipper.buffer.sizing import batch_bytes
+from shipper.event import Batch, ContainerMeta, Event, Flag, event_id
 from shipper.telemetry.metrics import Metrics
 from shipper.transforms.assemble import LineAssembler, cut_utf8, position_key, utf8_len
 from tests.unit.transforms.support import PARTIAL_BYTES, Feeder, docker_entries, make_asm, make_config, ts
@@ -377,9 +378,6 @@ def test_each_take_counts_what_its_events_hold(mode: str) -> None:
     """The buffer accounts a reader's batch by what the assembler counted while building it: on every path
     (plain, held heads, JSON with fields, stack traces, 16 KiB partials, truncation, wide characters) the
     count is what `batch_bytes` finds walking the events."""
-    from shipper.buffer.sizing import batch_bytes
-    from shipper.event import Batch, ContainerMeta
-
     rng = random.Random(7)
     f = Feeder(make_asm(multiline={"mode": mode}, input={"max_event_bytes": 40_000}))
     pieces = ["plain text line", "2026-01-01 INFO served", '{"level": "info", "msg": "字"}', "{not json",

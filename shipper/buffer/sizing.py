@@ -2,7 +2,7 @@
 
 Counted per event as the assembler builds it (compiled with it, a few nanoseconds while the event is still in
 the cache) and carried on the batch, so the buffer does not walk every event again; `batch_bytes` counts a
-batch that arrives without it (replay, tests, a reader's batch split in two).
+batch that arrives without it (records read back from the spool, replay, tests).
 
 Measured with tracemalloc on the reference workload as the json-file reader builds events: the Event object
 (80 bytes), its timestamp string (79), its slot in the batch's list and what the reader's decoding leaves with
